@@ -1,0 +1,3 @@
+fn main() {
+    genesis_build::link_libtorch();
+}
