@@ -1,0 +1,396 @@
+//! Raw voxel buffers: size checks, file reads, and the conversion kernels
+//! between on-disk element bytes and `f32`.
+//!
+//! Volumes are stored x-fastest on disk and held `data[[x, y, z]]` in C layout
+//! in memory, so reading is a transpose as well as a conversion. The kernel
+//! works on tiles (32 x × 16 z per y row) so that every input cache line and
+//! every output cache line is touched once, and runs over x-slabs in parallel.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use ndarray::{Array3, ShapeBuilder};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::volume::ElementType;
+
+/// Largest number of voxels a header may claim (2³¹, 8 GiB as f32).
+///
+/// Headers claiming more are rejected before anything is allocated.
+pub const MAX_VOXELS: u64 = 1 << 31;
+
+/// Validates dimensions from a header and returns the number of data bytes they imply.
+pub(crate) fn checked_data_bytes(
+    dims: [u64; 3],
+    element_type: ElementType,
+) -> Result<usize, String> {
+    if dims.contains(&0) {
+        return Err(format!(
+            "dimensions {}×{}×{} contain a zero",
+            dims[0], dims[1], dims[2]
+        ));
+    }
+    let voxels = dims[0]
+        .checked_mul(dims[1])
+        .and_then(|v| v.checked_mul(dims[2]))
+        .filter(|&v| v <= MAX_VOXELS)
+        .ok_or_else(|| {
+            format!(
+                "dimensions {}×{}×{} exceed the limit of {} voxels",
+                dims[0], dims[1], dims[2], MAX_VOXELS
+            )
+        })?;
+    usize::try_from(voxels * element_type.size_of() as u64)
+        .map_err(|_| "volume does not fit in memory on this platform".to_string())
+}
+
+/// Formats a size mismatch the way users can act on.
+pub(crate) fn size_mismatch(
+    dims: [usize; 3],
+    element_type: ElementType,
+    data_name: &str,
+    found: u64,
+) -> String {
+    let voxels = dims[0] * dims[1] * dims[2];
+    format!(
+        "sizes say {}×{}×{} ({} voxels × {} bytes = {} bytes) but {} holds {} bytes",
+        dims[0],
+        dims[1],
+        dims[2],
+        voxels,
+        element_type.size_of(),
+        voxels * element_type.size_of(),
+        data_name,
+        found
+    )
+}
+
+/// Reads exactly `len` bytes at `offset` (or, with `offset == None`, the last
+/// `len` bytes) of an uncompressed data file, after checking the file is large enough.
+pub(crate) fn read_exact_bytes(
+    path: &Path,
+    offset: Option<u64>,
+    len: usize,
+    header_path: &Path,
+    dims: [usize; 3],
+    element_type: ElementType,
+) -> Result<Vec<u8>> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let start = match offset {
+        Some(o) => o,
+        None => file_len.saturating_sub(len as u64),
+    };
+    let available = file_len.saturating_sub(start);
+    if available < len as u64 {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let what = if start > 0 {
+            format!("{name} after a {start}-byte header")
+        } else {
+            name
+        };
+        return Err(Error::format(
+            header_path,
+            size_mismatch(dims, element_type, &what, available),
+        ));
+    }
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    let mut buffer = vec![0u8; len];
+    file.read_exact(&mut buffer)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(buffer)
+}
+
+/// Decompresses a stream into a buffer of exactly `expected` bytes.
+///
+/// The buffer grows with the data actually decompressed (capped by what a
+/// deflate stream of `compressed_len` bytes can possibly expand to), so a
+/// header that lies about the size cannot make us allocate without data.
+pub(crate) fn read_decompressed(
+    mut reader: impl Read,
+    expected: usize,
+    compressed_len: u64,
+    header_path: &Path,
+    data_name: &str,
+    dims: [usize; 3],
+    element_type: ElementType,
+) -> Result<Vec<u8>> {
+    // Deflate expands at most about 1032:1.
+    let bound = compressed_len.saturating_mul(1032).saturating_add(1 << 16);
+    let mut buffer = Vec::with_capacity(expected.min(bound as usize));
+    let read = (&mut reader)
+        .take(expected as u64 + 1)
+        .read_to_end(&mut buffer)
+        .map_err(|e| Error::format(header_path, format!("{data_name}: cannot decompress: {e}")))?;
+    if read != expected {
+        let found = if read > expected {
+            "more than that".to_string()
+        } else {
+            read.to_string()
+        };
+        let message = size_mismatch(dims, element_type, &format!("decompressed {data_name}"), 0)
+            .replace(" holds 0 bytes", &format!(" holds {found} bytes"));
+        return Err(Error::format(header_path, message));
+    }
+    Ok(buffer)
+}
+
+/// An affine intensity rescale `v · slope + inter` applied while decoding (NIfTI's scl_*).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Rescale {
+    pub slope: f64,
+    pub inter: f64,
+}
+
+macro_rules! decoders {
+    ($raw:expr, $element_type:expr, $big_endian:expr, $rescale:expr, $kernel:ident, $($args:expr),*) => {{
+        macro_rules! run {
+            ($n:literal, $conv:expr) => {{
+                let conv = $conv;
+                match $rescale {
+                    None => $kernel::<$n, _>($raw, $($args,)* move |b: [u8; $n]| conv(b) as f32),
+                    Some(Rescale { slope, inter }) => {
+                        $kernel::<$n, _>($raw, $($args,)* move |b: [u8; $n]| (conv(b) as f64 * slope + inter) as f32)
+                    }
+                }
+            }};
+        }
+        match ($element_type, $big_endian) {
+            (ElementType::U8, _) => run!(1, |b: [u8; 1]| b[0]),
+            (ElementType::I8, _) => run!(1, |b: [u8; 1]| b[0] as i8),
+            (ElementType::U16, false) => run!(2, u16::from_le_bytes),
+            (ElementType::U16, true) => run!(2, u16::from_be_bytes),
+            (ElementType::I16, false) => run!(2, i16::from_le_bytes),
+            (ElementType::I16, true) => run!(2, i16::from_be_bytes),
+            (ElementType::U32, false) => run!(4, u32::from_le_bytes),
+            (ElementType::U32, true) => run!(4, u32::from_be_bytes),
+            (ElementType::I32, false) => run!(4, i32::from_le_bytes),
+            (ElementType::I32, true) => run!(4, i32::from_be_bytes),
+            (ElementType::F32, false) => run!(4, f32::from_le_bytes),
+            (ElementType::F32, true) => run!(4, f32::from_be_bytes),
+            (ElementType::F64, false) => run!(8, f64::from_le_bytes),
+            (ElementType::F64, true) => run!(8, f64::from_be_bytes),
+        }
+    }};
+}
+
+/// Decodes an x-fastest buffer of `dims` into a C-layout `data[[x, y, z]]` array.
+///
+/// `raw` must hold exactly `nx·ny·nz·size_of(element_type)` bytes (checked by the callers;
+/// a mismatch yields a zero-filled tail rather than a panic).
+pub(crate) fn decode_volume(
+    raw: &[u8],
+    element_type: ElementType,
+    big_endian: bool,
+    dims: [usize; 3],
+    rescale: Option<Rescale>,
+) -> Array3<f32> {
+    let mut data = Array3::<f32>::zeros((dims[0], dims[1], dims[2]));
+    if let Some(out) = data.as_slice_mut() {
+        decoders!(
+            raw,
+            element_type,
+            big_endian,
+            rescale,
+            transpose_kernel,
+            dims,
+            out
+        );
+    }
+    data
+}
+
+/// Decodes a contiguous buffer element by element (no transpose) into `out`.
+pub(crate) fn decode_flat(
+    raw: &[u8],
+    element_type: ElementType,
+    big_endian: bool,
+    out: &mut [f32],
+) {
+    decoders!(
+        raw,
+        element_type,
+        big_endian,
+        None::<Rescale>,
+        flat_kernel,
+        out
+    );
+}
+
+const TILE_X: usize = 32;
+const TILE_Z: usize = 16;
+
+fn transpose_kernel<const N: usize, F>(raw: &[u8], dims: [usize; 3], out: &mut [f32], decode: F)
+where
+    F: Fn([u8; N]) -> f32 + Sync + Send,
+{
+    let [nx, ny, nz] = dims;
+    if nx == 0 || ny == 0 || nz == 0 || raw.len() < nx * ny * nz * N || out.len() < nx * ny * nz {
+        return;
+    }
+    let slab = TILE_X * ny * nz;
+    out.par_chunks_mut(slab)
+        .enumerate()
+        .for_each(|(block, chunk)| {
+            let x0 = block * TILE_X;
+            let xn = chunk.len() / (ny * nz);
+            let mut tile = [[0f32; TILE_Z]; TILE_X];
+            for y in 0..ny {
+                for z0 in (0..nz).step_by(TILE_Z) {
+                    let zn = TILE_Z.min(nz - z0);
+                    for zl in 0..zn {
+                        let start = (((z0 + zl) * ny + y) * nx + x0) * N;
+                        let row = &raw[start..start + xn * N];
+                        for (k, bytes) in row.chunks_exact(N).enumerate() {
+                            let mut b = [0u8; N];
+                            b.copy_from_slice(bytes);
+                            tile[k][zl] = decode(b);
+                        }
+                    }
+                    for (k, tile_row) in tile.iter().enumerate().take(xn) {
+                        let o = (k * ny + y) * nz + z0;
+                        chunk[o..o + zn].copy_from_slice(&tile_row[..zn]);
+                    }
+                }
+            }
+        });
+}
+
+fn flat_kernel<const N: usize, F>(raw: &[u8], out: &mut [f32], decode: F)
+where
+    F: Fn([u8; N]) -> f32 + Sync + Send,
+{
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK)
+        .zip(raw.par_chunks(CHUNK * N))
+        .for_each(|(o, r)| {
+            for (v, bytes) in o.iter_mut().zip(r.chunks_exact(N)) {
+                let mut b = [0u8; N];
+                b.copy_from_slice(bytes);
+                *v = decode(b);
+            }
+        });
+}
+
+/// Encodes `values` (in the order given) as `element_type`, little-endian;
+/// integers are rounded and clamped (NaN becomes 0).
+pub(crate) fn encode_values<'a>(
+    values: impl Iterator<Item = &'a f32>,
+    len: usize,
+    element_type: ElementType,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len * element_type.size_of());
+    // `as` from float to integer rounds toward zero, saturates and maps NaN to 0,
+    // so rounding first gives round-and-clamp.
+    match element_type {
+        ElementType::U8 => values.for_each(|v| out.push(v.round() as u8)),
+        ElementType::I8 => values.for_each(|v| out.push(v.round() as i8 as u8)),
+        ElementType::U16 => {
+            values.for_each(|v| out.extend_from_slice(&(v.round() as u16).to_le_bytes()))
+        }
+        ElementType::I16 => {
+            values.for_each(|v| out.extend_from_slice(&(v.round() as i16).to_le_bytes()))
+        }
+        ElementType::U32 => {
+            values.for_each(|v| out.extend_from_slice(&((*v as f64).round() as u32).to_le_bytes()))
+        }
+        ElementType::I32 => {
+            values.for_each(|v| out.extend_from_slice(&((*v as f64).round() as i32).to_le_bytes()))
+        }
+        ElementType::F32 => values.for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        ElementType::F64 => values.for_each(|v| out.extend_from_slice(&(*v as f64).to_le_bytes())),
+    }
+    out
+}
+
+/// Encodes a volume's data x-fastest (the on-disk order of all volume formats), little-endian.
+pub(crate) fn encode_volume(data: &Array3<f32>, element_type: ElementType) -> Vec<u8> {
+    // Iterating the reversed-axes view walks x fastest.
+    let fortran = data.t();
+    encode_values(fortran.iter(), data.len(), element_type)
+}
+
+/// Builds a C-layout array from values stored in Fortran (first-axis-fastest) order.
+pub(crate) fn fortran_to_c(values: Vec<f32>, shape: &[usize]) -> Option<ndarray::ArrayD<f32>> {
+    let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape).f(), values).ok()?;
+    Some(array.as_standard_layout().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fortran_bytes_i16(dims: [usize; 3], f: impl Fn(usize, usize, usize) -> i16) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for z in 0..dims[2] {
+            for y in 0..dims[1] {
+                for x in 0..dims[0] {
+                    raw.extend_from_slice(&f(x, y, z).to_le_bytes());
+                }
+            }
+        }
+        raw
+    }
+
+    #[test]
+    fn transpose_kernel_matches_naive_on_odd_sizes() {
+        for dims in [[1, 1, 1], [37, 5, 19], [64, 3, 33], [5, 4, 3]] {
+            let f = |x: usize, y: usize, z: usize| (x * 100 + y * 10 + z) as i16 - 500;
+            let raw = fortran_bytes_i16(dims, f);
+            let data = decode_volume(&raw, ElementType::I16, false, dims, None);
+            for ((x, y, z), &v) in data.indexed_iter() {
+                assert_eq!(v, f(x, y, z) as f32, "at {x},{y},{z} dims {dims:?}");
+            }
+            // And back again.
+            assert_eq!(encode_volume(&data, ElementType::I16), raw);
+        }
+    }
+
+    #[test]
+    fn big_endian_and_rescale() {
+        let raw: Vec<u8> = [1i16, -2, 300]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let data = decode_volume(
+            &raw,
+            ElementType::I16,
+            true,
+            [3, 1, 1],
+            Some(Rescale {
+                slope: 2.0,
+                inter: -1.0,
+            }),
+        );
+        assert_eq!(data.as_slice().unwrap(), &[1.0, -5.0, 599.0]);
+    }
+
+    #[test]
+    fn encode_rounds_and_clamps() {
+        let values = [-0.6f32, 0.4, 1.5, 300.0, f32::NAN, -1e9];
+        assert_eq!(
+            encode_values(values.iter(), 6, ElementType::U8),
+            vec![0, 0, 2, 255, 0, 0]
+        );
+        let i16s = encode_values(values.iter(), 6, ElementType::I16);
+        let back: Vec<i16> = i16s
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert_eq!(back, vec![-1, 0, 2, 300, 0, -32768]);
+    }
+
+    #[test]
+    fn absurd_and_zero_dims_rejected() {
+        assert!(checked_data_bytes([1_000_000, 1_000_000, 1], ElementType::I16).is_err());
+        assert!(checked_data_bytes([u64::MAX, u64::MAX, 2], ElementType::I16).is_err());
+        assert!(checked_data_bytes([5, 0, 3], ElementType::I16).is_err());
+        assert_eq!(checked_data_bytes([5, 4, 3], ElementType::I16), Ok(120));
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of genesis-io: fixtures written by SimpleITK, nibabel,
+//! pynrrd and NumPy; round trips of every format and element type; malformed
+//! inputs; seeded mutation fuzzing; optional checks against the real tools and
+//! the real chest CTs.
+
+mod common;
+mod fixtures;
+mod interop;
+mod malformed;
+mod mutation;
+mod roundtrip;

@@ -1,0 +1,275 @@
+//! Table-driven malformed inputs: each must give an error that names the file and the problem.
+
+use std::path::Path;
+
+use genesis_io::{NpyStack, read_npy, read_volume, write_volume};
+
+use crate::common::sample_volume;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+const MHD: &str = "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\nCompressedData = False\n\
+TransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = 4 3 2\nElementType = MET_SHORT\nElementDataFile = scan.raw\n";
+
+fn nrrd(fields: &str) -> Vec<u8> {
+    format!("NRRD0004\ntype: short\ndimension: 3\n{fields}\n\n").into_bytes()
+}
+
+#[test]
+fn malformed_inputs_are_errors_that_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "scan.raw", &[0u8; 48]);
+    write(d, "short.raw", &[0u8; 47]);
+    let npy_header = |dict: &str| {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        b
+    };
+    // (file name, contents, words the message must contain)
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "truncated.mhd",
+            MHD.replace("scan.raw", "short.raw").into_bytes(),
+            vec![
+                "truncated.mhd",
+                "4×3×2",
+                "48 bytes",
+                "short.raw",
+                "47 bytes",
+            ],
+        ),
+        (
+            "missing_data.mhd",
+            MHD.replace("scan.raw", "nowhere.raw").into_bytes(),
+            vec!["nowhere.raw"],
+        ),
+        (
+            "wrong_size.mhd",
+            MHD.replace("DimSize = 4 3 2", "DimSize = 4 3 3")
+                .into_bytes(),
+            vec!["wrong_size.mhd", "72 bytes", "48 bytes"],
+        ),
+        (
+            "bad_key.mhd",
+            MHD.replace("ElementType = MET_SHORT", "ElementType = MET_SHORTISH")
+                .into_bytes(),
+            vec!["bad_key.mhd", "ElementType"],
+        ),
+        (
+            "bad_number.mhd",
+            MHD.replace("ElementSpacing = 1 1 1", "ElementSpacing = 1 x 1")
+                .into_bytes(),
+            vec!["ElementSpacing", "\"x\""],
+        ),
+        (
+            "zero.mhd",
+            MHD.replace("DimSize = 4 3 2", "DimSize = 4 0 2")
+                .into_bytes(),
+            vec!["zero.mhd", "zero"],
+        ),
+        (
+            "absurd.mhd",
+            MHD.replace("DimSize = 4 3 2", "DimSize = 10000 10000 10000")
+                .into_bytes(),
+            vec!["absurd.mhd", "limit"],
+        ),
+        (
+            "overflow.mhd",
+            MHD.replace("DimSize = 4 3 2", "DimSize = 18446744073709551615 2 2")
+                .into_bytes(),
+            vec!["overflow.mhd", "limit"],
+        ),
+        (
+            "channels.mhd",
+            MHD.replace("ElementType", "ElementNumberOfChannels = 3\nElementType")
+                .into_bytes(),
+            vec!["ElementNumberOfChannels = 3"],
+        ),
+        (
+            "list.mhd",
+            MHD.replace("scan.raw", "LIST").into_bytes(),
+            vec!["list.mhd", "LIST"],
+        ),
+        (
+            "ndims.mhd",
+            MHD.replace("NDims = 3", "NDims = 2").into_bytes(),
+            vec!["NDims = 2"],
+        ),
+        (
+            "no_datafile.mha",
+            MHD.replace("ElementDataFile = scan.raw\n", "").into_bytes(),
+            vec!["no_datafile.mha", "ElementDataFile"],
+        ),
+        (
+            "ascii.mhd",
+            MHD.replace("BinaryData = True", "BinaryData = False")
+                .into_bytes(),
+            vec!["BinaryData"],
+        ),
+        (
+            "bad_zlib.mha",
+            [
+                MHD.replace("CompressedData = False", "CompressedData = True")
+                    .replace("scan.raw", "LOCAL")
+                    .as_bytes(),
+                b"not zlib at all",
+            ]
+            .concat(),
+            vec!["bad_zlib.mha", "decompress"],
+        ),
+        (
+            "truncated.nrrd",
+            [
+                nrrd("sizes: 4 3 2\nendian: little\nencoding: raw"),
+                vec![0u8; 40],
+            ]
+            .concat(),
+            vec!["truncated.nrrd", "48 bytes", "40 bytes"],
+        ),
+        (
+            "absurd.nrrd",
+            nrrd("sizes: 1000000 1000000 1000000\nendian: little\nencoding: raw"),
+            vec!["absurd.nrrd", "limit"],
+        ),
+        (
+            "dims.nrrd",
+            b"NRRD0004\ntype: short\ndimension: 4\nsizes: 3 4 3 2\nencoding: raw\n\n".to_vec(),
+            vec!["dims.nrrd", "dimension: 4"],
+        ),
+        (
+            "bz.nrrd",
+            nrrd("sizes: 4 3 2\nendian: little\nencoding: bzip2"),
+            vec!["bz.nrrd", "bzip2"],
+        ),
+        (
+            "gzip_short.nrrd",
+            [
+                nrrd("sizes: 4 3 2\nendian: little\nencoding: gzip"),
+                gzip(&[0u8; 30]),
+            ]
+            .concat(),
+            vec!["gzip_short.nrrd", "30 bytes"],
+        ),
+        (
+            "vector.nrrd",
+            nrrd("sizes: 3 4 2\nkinds: RGB-color domain domain\nendian: little\nencoding: raw"),
+            vec!["kinds: RGB-color"],
+        ),
+        (
+            "magic.nrrd",
+            b"NRRX0004\n".to_vec(),
+            vec!["magic.nrrd", "magic"],
+        ),
+        ("empty.nii", Vec::new(), vec!["empty.nii"]),
+        (
+            "garbage.nii.gz",
+            b"this is not gzip".to_vec(),
+            vec!["garbage.nii.gz"],
+        ),
+        (
+            "truncated.npy",
+            [
+                npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3, 2), }\n"),
+                vec![0u8; 20],
+            ]
+            .concat(),
+            vec!["truncated.npy", "96 data bytes", "20"],
+        ),
+        (
+            "absurd.npy",
+            npy_header(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000, 1000000, 10), }\n",
+            ),
+            vec!["absurd.npy", "limit"],
+        ),
+        (
+            "dtype.npy",
+            npy_header("{'descr': '<c16', 'fortran_order': False, 'shape': (4, 3, 2), }\n"),
+            vec!["dtype.npy", "<c16"],
+        ),
+        (
+            "version.npy",
+            b"\x93NUMPY\x09\x00\x10\x00".to_vec(),
+            vec!["version.npy", "version 9"],
+        ),
+        (
+            "twod.npy",
+            [
+                npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3), }\n"),
+                vec![0u8; 48],
+            ]
+            .concat(),
+            vec!["twod.npy", "not a 3-D volume"],
+        ),
+        (
+            "volume.txt",
+            b"hello".to_vec(),
+            vec!["volume.txt", "extension"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        write(d, name, &bytes);
+        let err = read_volume(d.join(name)).expect_err(name).to_string();
+        for needle in needles {
+            assert!(
+                err.contains(needle),
+                "{name}: message {err:?} lacks {needle:?}"
+            );
+        }
+    }
+    // The mmap stack reader rejects lying headers before mapping items.
+    let err = NpyStack::open(d.join("truncated.npy"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("truncated.npy") && err.contains("96 data bytes"),
+        "{err}"
+    );
+    assert!(read_npy(d.join("absurd.npy")).is_err());
+    // A missing file names the path.
+    let err = read_volume(d.join("absent.nrrd")).unwrap_err().to_string();
+    assert!(err.contains("absent.nrrd"), "{err}");
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn truncated_nifti_and_absurd_nifti_dims_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.nii");
+    write_volume(&path, &sample_volume(genesis_io::ElementType::I16)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(dir.path().join("cut.nii"), &bytes[..bytes.len() - 10]).unwrap();
+    let err = read_volume(dir.path().join("cut.nii"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cut.nii"), "{err}");
+    // dim = [3, 65535, 65535, 65535]: 2.8e14 voxels.
+    let mut absurd = bytes.clone();
+    for i in 0..3 {
+        absurd[42 + 2 * i..44 + 2 * i].copy_from_slice(&65535u16.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("absurd.nii"), &absurd).unwrap();
+    let err = read_volume(dir.path().join("absurd.nii"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("absurd.nii") && err.contains("limit"), "{err}");
+    // A 4-D time series is refused clearly.
+    let mut four_d = bytes;
+    four_d[40..42].copy_from_slice(&4u16.to_le_bytes());
+    four_d[48..50].copy_from_slice(&2u16.to_le_bytes());
+    std::fs::write(dir.path().join("fourd.nii"), &four_d).unwrap();
+    let err = read_volume(dir.path().join("fourd.nii"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fourd.nii") && err.contains("3-D"), "{err}");
+}
