@@ -110,12 +110,32 @@ impl Format {
 ///
 /// A `.npy` file must hold a 3-D array indexed (x, y, z); it gets unit spacing.
 pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
-    let path = path.as_ref();
+    read_volume_impl(path.as_ref(), None)
+}
+
+/// Reads a volume and windows it to [0, 1] in the same pass over the voxels.
+///
+/// Gives the same values as [`read_volume`] followed by [`Volume::normalize`],
+/// but converts, transposes and windows each voxel once, which matters for
+/// full-size CTs. `element_type` still reports the stored type.
+pub fn read_volume_normalized(path: impl AsRef<Path>, window: HuWindow) -> Result<Volume> {
+    read_volume_impl(path.as_ref(), Some(window))
+}
+
+fn read_volume_impl(path: &Path, window: Option<HuWindow>) -> Result<Volume> {
     match Format::from_path(path) {
-        Some(Format::MetaImageDetached | Format::MetaImageAttached) => metaimage::read(path),
-        Some(Format::NrrdAttached | Format::NrrdDetached) => nrrd::read(path),
-        Some(Format::Nifti | Format::NiftiGz) => nifti_io::read(path),
-        Some(Format::Npy) => read_npy_volume(path),
+        Some(Format::MetaImageDetached | Format::MetaImageAttached) => {
+            metaimage::read(path, window)
+        }
+        Some(Format::NrrdAttached | Format::NrrdDetached) => nrrd::read(path, window),
+        Some(Format::Nifti | Format::NiftiGz) => nifti_io::read(path, window),
+        Some(Format::Npy) => {
+            let mut volume = read_npy_volume(path)?;
+            if let Some(window) = window {
+                volume.normalize(window);
+            }
+            Ok(volume)
+        }
         None => Err(Error::UnknownExtension {
             path: path.to_path_buf(),
         }),

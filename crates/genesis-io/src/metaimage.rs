@@ -155,10 +155,8 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<MetaHeader, ParseError> {
         };
         let (key, value) = (key.trim(), value.trim());
         match key.to_ascii_lowercase().as_str() {
-            "objecttype" => {
-                if !value.eq_ignore_ascii_case("image") {
-                    return unsupported(format!("ObjectType = {value} (only Image is read)"));
-                }
+            "objecttype" if !value.eq_ignore_ascii_case("image") => {
+                return unsupported(format!("ObjectType = {value} (only Image is read)"));
             }
             "ndims" => {
                 let n: usize = parse_int(key, value)?;
@@ -188,10 +186,8 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<MetaHeader, ParseError> {
                 let m = parse_floats::<9>(key, value)?;
                 direction = [[m[0], m[1], m[2]], [m[3], m[4], m[5]], [m[6], m[7], m[8]]];
             }
-            "binarydata" => {
-                if !parse_bool(key, value)? {
-                    return unsupported("BinaryData = False (ASCII voxel data) is not read");
-                }
+            "binarydata" if !parse_bool(key, value)? => {
+                return unsupported("BinaryData = False (ASCII voxel data) is not read");
             }
             "binarydatabyteordermsb" | "elementbyteordermsb" => {
                 big_endian = parse_bool(key, value)?
@@ -267,7 +263,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<MetaHeader, ParseError> {
 }
 
 /// Reads a `.mhd` or `.mha` file.
-pub(crate) fn read(path: &Path) -> Result<Volume> {
+pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volume> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut prefix = Vec::new();
     (&mut file)
@@ -284,6 +280,7 @@ pub(crate) fn read(path: &Path) -> Result<Volume> {
             header.big_endian,
             header.dims,
             None,
+            window,
         ),
         spacing: header.spacing,
         origin: header.origin,

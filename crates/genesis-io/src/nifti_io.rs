@@ -182,7 +182,7 @@ fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
 }
 
 /// Reads a `.nii` or `.nii.gz` file.
-pub(crate) fn read(path: &Path) -> Result<Volume> {
+pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volume> {
     // Validate the header before the crate allocates the volume.
     let header = NiftiHeader::from_file(path).map_err(|e| nifti_err(path, e))?;
     let dims = volume_dims(path, &header)?;
@@ -209,7 +209,7 @@ pub(crate) fn read(path: &Path) -> Result<Volume> {
         (slope != 0.0 && slope.is_finite() && inter.is_finite() && (slope != 1.0 || inter != 0.0))
             .then_some(Rescale { slope, inter });
     let big_endian = header.endianness == nifti::Endianness::Big;
-    let data = raw::decode_volume(&raw_data, element_type, big_endian, dims, rescale);
+    let data = raw::decode_volume(&raw_data, element_type, big_endian, dims, rescale, window);
 
     // RAS → LPS, then split into spacing and unit directions.
     let mut affine = ras_affine(&header);

@@ -188,10 +188,10 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<NrrdHeader, ParseError> {
         }
         let field_split = line.find(": ");
         let kv_split = line.find(":=");
-        if let Some(k) = kv_split {
-            if field_split.is_none_or(|f| k < f) {
-                continue; // key:=value pairs carry no geometry we use.
-            }
+        if let Some(k) = kv_split
+            && field_split.is_none_or(|f| k < f)
+        {
+            continue; // key:=value pairs carry no geometry we use.
         }
         let Some(split) = field_split else {
             return bad(format!(
@@ -247,10 +247,8 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<NrrdHeader, ParseError> {
             }
             "space origin" => origin = Some(parse_vector(field, value)?),
             "space" => space_flip = space_to_lps(value)?,
-            "space dimension" => {
-                if value != "3" {
-                    return unsupported(format!("space dimension: {value} (only 3 is read)"));
-                }
+            "space dimension" if value != "3" => {
+                return unsupported(format!("space dimension: {value} (only 3 is read)"));
             }
             "kinds" => {
                 for kind in value.split_whitespace() {
@@ -370,7 +368,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<NrrdHeader, ParseError> {
 }
 
 /// Reads a `.nrrd` or `.nhdr` file.
-pub(crate) fn read(path: &Path) -> Result<Volume> {
+pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volume> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut prefix = Vec::new();
     (&mut file)
@@ -402,6 +400,7 @@ pub(crate) fn read(path: &Path) -> Result<Volume> {
             header.big_endian,
             header.dims,
             None,
+            window,
         ),
         spacing: header.spacing,
         origin: header.origin,
@@ -613,7 +612,7 @@ endian: little\nencoding: gzip\nspace origin: (-146,-325,-777.49999999999977)\n\
         assert_eq!(h.dims, [512, 512, 48]);
         assert_eq!(h.element_type, ElementType::I16);
         assert_eq!(h.spacing, [0.5703125, 0.5703125, 5.0]);
-        assert_eq!(h.origin, [-146.0, -325.0, -777.49999999999977]);
+        assert_eq!(h.origin, [-146.0, -325.0, -777.499_999_999_999_8]);
         assert_eq!(h.direction, IDENTITY_DIRECTION);
         assert_eq!(h.encoding, Encoding::Gzip);
         assert_eq!(&SLICER.as_bytes()[h.header_len..], b"DATA");

@@ -187,7 +187,7 @@ fn real_chest_ct_full_files_optional() {
     let image = read_volume(dir.join("lung1_image.nrrd")).unwrap();
     assert_eq!(image.shape(), [512, 512, 48]);
     assert_eq!(image.spacing, [0.5703125, 0.5703125, 5.0]);
-    assert_eq!(image.origin, [-146.0, -325.0, -777.49999999999977]);
+    assert_eq!(image.origin, [-146.0, -325.0, -777.499_999_999_999_8]);
     assert_eq!(image.element_type, ElementType::I16);
     let (lo, hi) = image.value_range().unwrap();
     assert_eq!((lo, hi), (-1024.0, 3071.0));

@@ -3,6 +3,9 @@
 //! inputs; seeded mutation fuzzing; optional checks against the real tools and
 //! the real chest CTs.
 
+// Helpers outside #[test] functions unwrap too: a panic there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 mod fixtures;
 mod interop;

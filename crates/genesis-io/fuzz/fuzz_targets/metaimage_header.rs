@@ -1,0 +1,9 @@
+//! Fuzz the metaimage header parser: any bytes must parse to Ok or Err without
+//! panicking, and an Ok header must satisfy the reader's invariants.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    genesis_io::fuzzing::metaimage_header(data);
+});
