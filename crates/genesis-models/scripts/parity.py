@@ -30,6 +30,7 @@ writes into OUT_DIR:
 It prints `OK` and exits 0 on success.
 """
 
+import collections
 import json
 import os
 import struct
@@ -233,10 +234,18 @@ def _never_restore(obj, location):
     return None
 
 
+def ordered(items, metadata):
+    """A state dict as `Module.state_dict()` makes it: an OrderedDict with a
+    `_metadata` attribute (pickled through BUILD after the items)."""
+    state = collections.OrderedDict(items)
+    state._metadata = metadata
+    return state
+
+
 def with_views(state):
     """Same values; two entries share a storage at an offset, one is
     non-contiguous."""
-    state = dict(state)
+    state = ordered(state.items(), state._metadata)
     weight = state["out_tr.final_conv.weight"]
     bias = state["out_tr.final_conv.bias"]
     shared = torch.zeros(5 + weight.numel() + bias.numel())
@@ -265,7 +274,8 @@ def gen(out_dir):
                 module.running_mean.normal_(0.0, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
                 module.num_batches_tracked.fill_(7)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    original = model.state_dict()
+    state = ordered(((k, v.clone()) for k, v in original.items()), original._metadata)
 
     torch.save(with_views(state), os.path.join(out_dir, "zip_flat.pt"))
     torch.save(with_views(state), os.path.join(out_dir, "legacy_flat.pt"),
@@ -273,7 +283,7 @@ def gen(out_dir):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
     checkpoint = {
         "epoch": 3,
-        "state_dict": {"module." + k: v for k, v in state.items()},
+        "state_dict": ordered((("module." + k, v) for k, v in state.items()), state._metadata),
         "optimizer_state_dict": optimizer.state_dict(),
         "best_loss": 0.25,
         # A tensor outside the state dict, of another element type: the

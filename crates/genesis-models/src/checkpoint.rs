@@ -30,6 +30,8 @@ use crate::{Error, Result, unet3d, vnet};
 const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 /// Keys under which training checkpoints keep the model's state dict.
 const NESTED_STATE_DICT_KEYS: [&str; 3] = ["state_dict", "model_state_dict", "model"];
+/// Largest element count accepted for a tensor with a zero stride.
+const MAX_BROADCAST_NUMEL: i64 = 1 << 28;
 /// Prefixes dropped from checkpoint names: `module.` from `DataParallel`,
 /// `base_model.` from the official `TargetNet` wrapper.
 const DROPPED_PREFIXES: [&str; 2] = ["module.", "base_model."];
@@ -348,7 +350,9 @@ fn read_zip_checkpoint(path: &Path, data: &[u8]) -> Result<Vec<(String, Tensor)>
     let read_entry =
         |archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
             let mut entry = archive.by_name(name).map_err(zip_error)?;
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            // The declared size comes from the file: do not trust it for an
+            // allocation beyond the archive's own size.
+            let mut bytes = Vec::with_capacity((entry.size() as usize).min(data.len()));
             entry.read_to_end(&mut bytes).map_err(|source| Error::Io {
                 path: path.to_path_buf(),
                 source,
@@ -591,6 +595,20 @@ fn materialise(
         };
         if offset < 0 || tensor.stride.iter().any(|s| *s < 0) || tensor.size.iter().any(|s| *s < 0)
         {
+            return Err(bad());
+        }
+        let numel = tensor
+            .size
+            .iter()
+            .try_fold(1i64, |acc, side| acc.checked_mul(*side));
+        // Only broadcast views (a zero stride) hold more elements than their
+        // storage; bound those so a damaged file cannot ask for terabytes.
+        let limit = if tensor.stride.contains(&0) {
+            MAX_BROADCAST_NUMEL
+        } else {
+            available
+        };
+        if numel.is_none_or(|numel| numel > limit) {
             return Err(bad());
         }
         let is_empty = tensor.size.contains(&0);

@@ -223,6 +223,73 @@ fn unet_matches_pytorch_and_imports_every_checkpoint_layout() {
     }
 }
 
+fn fixture(name: &str) -> PathBuf {
+    crate_dir().join("tests/fixtures").join(name)
+}
+
+fn values(tensor: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(tensor.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+/// `tests/fixtures/*.pt` come from `scripts/make_fixtures.py`, which
+/// documents the values checked here.
+#[test]
+fn committed_fixtures_load_in_both_formats() {
+    for (file, prefix) in [("tiny_zip.pt", ""), ("tiny_legacy.pt", "module.")] {
+        let tensors: HashMap<String, Tensor> = read_state_dict(fixture(file))
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(tensors.len(), 5, "{file}");
+        let get = |name: &str| &tensors[&format!("{prefix}{name}")];
+        let weight = get("a.weight");
+        assert_eq!(
+            (weight.kind(), weight.size()),
+            (Kind::Float, vec![2, 3]),
+            "{file}"
+        );
+        assert_eq!(values(weight), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "{file}");
+        let bias = get("a.bias");
+        assert_eq!(bias.kind(), Kind::Double, "{file}");
+        assert_eq!(values(bias), [1.5, -2.0], "{file}");
+        let count = get("a.count");
+        assert_eq!(
+            (count.kind(), count.size()),
+            (Kind::Int64, vec![]),
+            "{file}"
+        );
+        assert_eq!(count.int64_value(&[]), 7, "{file}");
+        assert_eq!(values(get("b.view")), [1.0, 3.0, 5.0], "{file}");
+        let transposed = get("b.t");
+        assert_eq!(transposed.size(), [3, 2], "{file}");
+        assert_eq!(values(transposed), [0.0, 3.0, 1.0, 4.0, 2.0, 5.0], "{file}");
+    }
+}
+
+/// Single-byte corruptions anywhere in the fixtures give an error or a
+/// (possibly wrong) state dict, never a panic or an abort.
+#[test]
+fn corrupted_checkpoints_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt.pt");
+    let mut n_errors = 0;
+    for file in ["tiny_zip.pt", "tiny_legacy.pt"] {
+        let original = std::fs::read(fixture(file)).unwrap();
+        for index in 0..original.len() {
+            let mut bytes = original.clone();
+            // Alternate a large and a small change.
+            bytes[index] ^= if index % 2 == 0 { 0xff } else { 0x01 };
+            std::fs::write(&path, &bytes).unwrap();
+            if let Err(err) = read_state_dict(&path) {
+                assert!(err.to_string().contains("corrupt.pt"), "{err}");
+                n_errors += 1;
+            }
+        }
+    }
+    eprintln!("{n_errors} corruptions detected");
+    assert!(n_errors > 300, "only {n_errors} corruptions were detected");
+}
+
 #[test]
 fn unsupported_pickle_opcode_is_named() {
     let dir = tempfile::tempdir().unwrap();
