@@ -1,0 +1,486 @@
+//! Transform 3: the non-linear intensity transformation (the original's
+//! `bernstein_poly`, `bezier_curve` and `nonlinear_transformation`).
+//!
+//! # How the exact map is computed without sorting 100,000 samples
+//!
+//! The original samples the cubic Bézier curve with control points P0 = (0, 0), P1, P2,
+//! P3 = (1, 1) at 100,000 evenly spaced t (its Bernstein weights put t = 0 at P3), sorts
+//! the x samples (and, half of the time, the y samples), and interpolates each voxel
+//! through the result with `np.interp`. With `s = 1 - t` the curve is the textbook Bézier
+//! `B(s)`, and for control points in `[0, 1]` both coordinates are non-decreasing in `s`
+//! (the derivative's Bernstein coefficients `a, c - a, 1 - c` satisfy
+//! `a (1 - c) >= (a - c)^2`). So sorting only re-orders the samples by `s`:
+//!
+//! * increasing map (both sorted): the points `(x(s_j), y(s_j))`;
+//! * inverting map (only x sorted): the points `(x(s_j), y(1 - s_j))`;
+//!
+//! with `s_j = j / (n - 1)`. [`BezierMap::exact`] interpolates through exactly these
+//! points with a binary search over `j`. The voxel path is a 4096-cell lookup table over
+//! `[0, 1]` whose node values come from a fine march along the curve; cells where the map
+//! bends too sharply for linear interpolation (second difference above 1e-4, which only
+//! happens next to points where `x'(s)` nearly vanishes) are marked and fall back to
+//! [`BezierMap::exact`]. Tests check the table against a literal port of the original
+//! (sample, sort, interpolate) within 1e-4.
+
+use ndarray::ArrayViewMut3;
+
+use crate::config::NonLinearConfig;
+use crate::rng::CubeRng;
+use crate::{Error, Result};
+
+/// Number of lookup-table cells over `[0, 1]`.
+const LUT_CELLS: usize = 4096;
+/// Steps of the march along the curve that fills the table nodes.
+const FINE_STEPS: usize = 8192;
+/// Cells whose node second difference exceeds this use the exact path (the chord error
+/// of linear interpolation is about an eighth of it).
+const BEND_LIMIT: f64 = 1e-4;
+
+/// The non-linear intensity map of one Bézier curve, with its lookup table.
+///
+/// Build one with [`BezierMap::new`] or [`BezierMap::random`]; apply it with
+/// [`BezierMap::apply`] or [`BezierMap::apply_slice`]. Values outside `[0, 1]` map to the
+/// end values, as `np.interp` clamps.
+#[derive(Clone)]
+pub struct BezierMap {
+    p1: [f64; 2],
+    p2: [f64; 2],
+    inverting: bool,
+    n_samples: u32,
+    /// x(s) = ((x_coef[2] s + x_coef[1]) s + x_coef[0]) s, likewise y.
+    x_coef: [f64; 3],
+    y_coef: [f64; 3],
+    /// Per cell: (value at the left node, rise across the cell); NaN rise = exact path.
+    lut: Box<[[f32; 2]; LUT_CELLS]>,
+    /// Node values while building (kept to avoid reallocating).
+    nodes: Vec<f64>,
+}
+
+impl std::fmt::Debug for BezierMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BezierMap")
+            .field("p1", &self.p1)
+            .field("p2", &self.p2)
+            .field("inverting", &self.inverting)
+            .field("n_samples", &self.n_samples)
+            .field(
+                "exact_cells",
+                &self.lut.iter().filter(|c| c[1].is_nan()).count(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_point(field: &'static str, p: [f64; 2]) -> Result<()> {
+    if p.iter().all(|v| (0.0..=1.0).contains(v)) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            field,
+            reason: format!("control point {p:?} must lie in [0, 1] x [0, 1]"),
+        })
+    }
+}
+
+impl BezierMap {
+    /// The map of the curve with inner control points `p1`, `p2` (each in `[0, 1]²`),
+    /// increasing or inverting, interpolating through `n_samples` samples (at least 2).
+    pub fn new(p1: [f64; 2], p2: [f64; 2], inverting: bool, n_samples: u32) -> Result<Self> {
+        let mut map = Self::identity();
+        map.rebuild(p1, p2, inverting, n_samples)?;
+        Ok(map)
+    }
+
+    /// The identity map (P1 = (1/3, 1/3), P2 = (2/3, 2/3)); cannot fail.
+    pub(crate) fn identity() -> Self {
+        let third = 1.0 / 3.0;
+        let mut map = Self {
+            p1: [third; 2],
+            p2: [2.0 * third; 2],
+            inverting: false,
+            n_samples: 2,
+            x_coef: [1.0, 0.0, 0.0],
+            y_coef: [1.0, 0.0, 0.0],
+            lut: Box::new([[0.0; 2]; LUT_CELLS]),
+            nodes: vec![0.0; LUT_CELLS + 1],
+        };
+        map.build_table();
+        map
+    }
+
+    /// Draws a curve the way the original does: P1 = (u, u), P2 = (u, u) with `u`
+    /// uniform in `[0, 1)`, then inverting when a uniform draw is below
+    /// `config.inverting_rate`.
+    pub fn random(config: &NonLinearConfig, rng: &mut CubeRng) -> Result<Self> {
+        let mut map = Self::identity();
+        map.redraw(config, rng)?;
+        Ok(map)
+    }
+
+    /// [`BezierMap::random`] reusing this map's buffers.
+    pub(crate) fn redraw(&mut self, config: &NonLinearConfig, rng: &mut CubeRng) -> Result<()> {
+        config.validate()?;
+        let p1 = [rng.uniform(), rng.uniform()];
+        let p2 = [rng.uniform(), rng.uniform()];
+        let inverting = rng.uniform() < config.inverting_rate;
+        self.rebuild(p1, p2, inverting, config.n_samples)
+    }
+
+    fn rebuild(
+        &mut self,
+        p1: [f64; 2],
+        p2: [f64; 2],
+        inverting: bool,
+        n_samples: u32,
+    ) -> Result<()> {
+        check_point("nonlinear.p1", p1)?;
+        check_point("nonlinear.p2", p2)?;
+        if n_samples < 2 {
+            return Err(Error::InvalidConfig {
+                field: "nonlinear.n_samples",
+                reason: format!("{n_samples} samples cannot define a map; need at least 2"),
+            });
+        }
+        let coef = |a: f64, c: f64| [3.0 * a, 3.0 * c - 6.0 * a, 3.0 * a - 3.0 * c + 1.0];
+        self.p1 = p1;
+        self.p2 = p2;
+        self.inverting = inverting;
+        self.n_samples = n_samples;
+        self.x_coef = coef(p1[0], p2[0]);
+        self.y_coef = coef(p1[1], p2[1]);
+        self.build_table();
+        Ok(())
+    }
+
+    /// The four control points P0..P3.
+    pub fn control_points(&self) -> [[f64; 2]; 4] {
+        [[0.0, 0.0], self.p1, self.p2, [1.0, 1.0]]
+    }
+
+    /// Whether this is the inverting (decreasing) map.
+    pub fn is_inverting(&self) -> bool {
+        self.inverting
+    }
+
+    #[inline]
+    fn x_at(&self, s: f64) -> f64 {
+        let [c1, c2, c3] = self.x_coef;
+        ((c3 * s + c2) * s + c1) * s
+    }
+
+    /// The y value paired with the x sample at parameter `s`.
+    #[inline]
+    fn paired_y(&self, s: f64) -> f64 {
+        let s = if self.inverting { 1.0 - s } else { s };
+        let [c1, c2, c3] = self.y_coef;
+        ((c3 * s + c2) * s + c1) * s
+    }
+
+    /// The exact map: piecewise-linear interpolation through the `n_samples` sorted
+    /// samples, clamped at the ends (`np.interp`). About 20 cubic evaluations per call.
+    pub fn exact(&self, value: f64) -> f64 {
+        if value.is_nan() {
+            return f64::NAN;
+        }
+        let last = self.n_samples as usize - 1;
+        let sample = |j: usize| j as f64 / last as f64;
+        if value <= self.x_at(0.0) {
+            return self.paired_y(0.0);
+        }
+        if value >= self.x_at(sample(last)) {
+            return self.paired_y(sample(last));
+        }
+        // Invariant: x(lo) <= value < x(hi).
+        let (mut lo, mut hi) = (0usize, last);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.x_at(sample(mid)) <= value {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let (x_lo, x_hi) = (self.x_at(sample(lo)), self.x_at(sample(hi)));
+        let (y_lo, y_hi) = (self.paired_y(sample(lo)), self.paired_y(sample(hi)));
+        y_lo + (y_hi - y_lo) * (value - x_lo) / (x_hi - x_lo)
+    }
+
+    fn build_table(&mut self) {
+        let cells = LUT_CELLS as f64;
+        let mut nodes = std::mem::take(&mut self.nodes);
+        nodes.resize(LUT_CELLS + 1, 0.0);
+        nodes[0] = self.exact(0.0);
+        nodes[LUT_CELLS] = self.exact(1.0);
+        // March along the curve; each node value interpolates between the two fine
+        // samples whose x values bracket it.
+        let mut node = 1;
+        let (mut prev_x, mut prev_y) = (self.x_at(0.0), self.paired_y(0.0));
+        for step in 1..=FINE_STEPS {
+            let s = step as f64 / FINE_STEPS as f64;
+            let (x, y) = (self.x_at(s), self.paired_y(s));
+            while node < LUT_CELLS && node as f64 / cells <= x {
+                let v = node as f64 / cells;
+                nodes[node] = if x > prev_x {
+                    prev_y + (y - prev_y) * (v - prev_x) / (x - prev_x)
+                } else {
+                    y
+                };
+                node += 1;
+            }
+            if node == LUT_CELLS {
+                break;
+            }
+            (prev_x, prev_y) = (x, y);
+        }
+        // Rounding can leave x(1) a hair below 1.
+        for k in node..LUT_CELLS {
+            nodes[k] = self.exact(k as f64 / cells);
+        }
+        let bend = |k: usize| {
+            let k = k.clamp(1, LUT_CELLS - 1);
+            (nodes[k - 1] - 2.0 * nodes[k] + nodes[k + 1]).abs()
+        };
+        for (cell, entry) in self.lut.iter_mut().enumerate() {
+            let rise = if bend(cell).max(bend(cell + 1)) > BEND_LIMIT {
+                f32::NAN
+            } else {
+                (nodes[cell + 1] - nodes[cell]) as f32
+            };
+            *entry = [nodes[cell] as f32, rise];
+        }
+        self.nodes = nodes;
+    }
+
+    /// Maps one value (within 1e-4 of [`BezierMap::exact`]).
+    #[inline]
+    pub fn apply(&self, value: f32) -> f32 {
+        let t = value.clamp(0.0, 1.0) * LUT_CELLS as f32;
+        let cell = (t as usize).min(LUT_CELLS - 1);
+        let frac = t - cell as f32;
+        let [base, rise] = self.lut[cell];
+        let out = base + rise * frac;
+        if out.is_nan() {
+            self.exact(f64::from(value)) as f32
+        } else {
+            out
+        }
+    }
+
+    /// Maps every value in place.
+    pub fn apply_slice(&self, values: &mut [f32]) {
+        for v in values {
+            *v = self.apply(*v);
+        }
+    }
+
+    /// The `(xp, fp)` arrays the original hands to `np.interp`: Bernstein weights with
+    /// `t = linspace(0, 1, n)` (t = 0 at P3), x sorted, y sorted too unless inverting.
+    /// Slow (it sorts); for verification.
+    pub fn original_samples(&self) -> (Vec<f64>, Vec<f64>) {
+        let n = self.n_samples as usize;
+        let points = self.control_points();
+        let step = 1.0 / (n - 1) as f64;
+        let mut xs = Vec::with_capacity(n);
+        let mut ys = Vec::with_capacity(n);
+        for j in 0..n {
+            let t = if j == n - 1 { 1.0 } else { j as f64 * step };
+            // bernstein_poly(i, 3, t) = comb(3, i) t^(3 - i) (1 - t)^i
+            let weights = [
+                t.powi(3),
+                3.0 * t.powi(2) * (1.0 - t),
+                3.0 * t * (1.0 - t).powi(2),
+                (1.0 - t).powi(3),
+            ];
+            xs.push(
+                weights
+                    .iter()
+                    .zip(&points)
+                    .map(|(w, p)| w * p[0])
+                    .sum::<f64>(),
+            );
+            ys.push(
+                weights
+                    .iter()
+                    .zip(&points)
+                    .map(|(w, p)| w * p[1])
+                    .sum::<f64>(),
+            );
+        }
+        xs.sort_by(f64::total_cmp);
+        if !self.inverting {
+            ys.sort_by(f64::total_cmp);
+        }
+        (xs, ys)
+    }
+}
+
+/// The non-linear intensity transformation of one cube in place, with a random curve
+/// (always applies; the probability `nonlinear_rate` belongs to
+/// [`generate_pair`](crate::generate_pair)). Works for any memory layout. Returns the map
+/// that was applied.
+pub fn nonlinear_transformation(
+    mut cube: ArrayViewMut3<'_, f32>,
+    config: &NonLinearConfig,
+    rng: &mut CubeRng,
+) -> Result<BezierMap> {
+    let map = BezierMap::random(config, rng)?;
+    match cube.as_slice_memory_order_mut() {
+        Some(values) => map.apply_slice(values),
+        None => cube.mapv_inplace(|v| map.apply(v)),
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cube_rng;
+
+    /// `np.interp(v, xp, fp)` for sorted `xp`.
+    fn np_interp(v: f64, xp: &[f64], fp: &[f64]) -> f64 {
+        let n = xp.len();
+        if v <= xp[0] {
+            return fp[0];
+        }
+        if v >= xp[n - 1] {
+            return fp[n - 1];
+        }
+        let hi = xp.partition_point(|&x| x <= v);
+        let lo = hi - 1;
+        fp[lo] + (fp[hi] - fp[lo]) * (v - xp[lo]) / (xp[hi] - xp[lo])
+    }
+
+    fn probe_values(rng: &mut CubeRng) -> Vec<f32> {
+        let mut values: Vec<f32> = (0..=2000).map(|i| i as f32 / 2000.0).collect();
+        values.extend((0..50).map(|i| i as f32 * 1e-6));
+        values.extend((0..50).map(|i| 1.0 - i as f32 * 1e-6));
+        values.extend([-0.5, -1e-9, 1.0 + 1e-6, 3.0]);
+        values.extend((0..3000).map(|_| rng.uniform() as f32));
+        values
+    }
+
+    fn max_error(map: &BezierMap, values: &[f32]) -> (f64, f64) {
+        let (xp, fp) = map.original_samples();
+        let mut lut_err = 0f64;
+        let mut exact_err = 0f64;
+        for &v in values {
+            let want = np_interp(f64::from(v), &xp, &fp);
+            lut_err = lut_err.max((f64::from(map.apply(v)) - want).abs());
+            exact_err = exact_err.max((map.exact(f64::from(v)) - want).abs());
+        }
+        (lut_err, exact_err)
+    }
+
+    #[test]
+    fn lut_matches_the_original_sample_sort_interp_in_both_cases() {
+        let mut rng = cube_rng(42, 0, 0);
+        let values = probe_values(&mut rng);
+        let mut worst = (0f64, 0f64);
+        let mut fixed = vec![
+            ([0.2, 0.7], [0.8, 0.3]),
+            ([0.9, 0.1], [0.1, 0.9]),
+            ([0.0, 1.0], [0.0, 1.0]),
+            ([1e-6, 0.9], [0.999_999, 0.1]),
+            ([0.999, 0.999], [0.001, 0.001]),
+            ([0.999_9, 0.0], [0.000_1, 1.0]),
+            ([0.0, 0.0], [1.0, 1.0]),
+            ([1.0, 1.0], [0.0, 0.0]),
+            ([0.0, 0.5], [0.0, 0.5]),
+            ([1.0, 0.5], [1.0, 0.5]),
+        ];
+        for _ in 0..60 {
+            fixed.push((
+                [rng.uniform(), rng.uniform()],
+                [rng.uniform(), rng.uniform()],
+            ));
+        }
+        for (p1, p2) in fixed {
+            for inverting in [false, true] {
+                let map = BezierMap::new(p1, p2, inverting, 100_000).unwrap();
+                let (lut, exact) = max_error(&map, &values);
+                assert!(
+                    lut < 1e-4,
+                    "{p1:?} {p2:?} inverting {inverting}: lut error {lut}"
+                );
+                assert!(
+                    exact < 1e-9,
+                    "{p1:?} {p2:?} inverting {inverting}: exact error {exact}"
+                );
+                worst = (worst.0.max(lut), worst.1.max(exact));
+            }
+        }
+        eprintln!(
+            "worst lut error {:.3e}, exact error {:.3e}",
+            worst.0, worst.1
+        );
+    }
+
+    #[test]
+    fn direct_bernstein_evaluation_agrees() {
+        // For given control points, the curve point at any t maps its x to its y
+        // (increasing) or to the y at 1 - t (inverting), up to the sampling.
+        let (p1, p2) = ([0.3, 0.8], [0.6, 0.1]);
+        let bernstein = |t: f64, i: usize| {
+            let p = [[0.0, 0.0], p1, p2, [1.0, 1.0]];
+            let w = [
+                t.powi(3),
+                3.0 * t * t * (1.0 - t),
+                3.0 * t * (1.0 - t).powi(2),
+                (1.0 - t).powi(3),
+            ];
+            (0..4).map(|k| w[k] * p[k][i]).sum::<f64>()
+        };
+        let up = BezierMap::new(p1, p2, false, 100_000).unwrap();
+        let down = BezierMap::new(p1, p2, true, 100_000).unwrap();
+        for k in 0..=100 {
+            let t = k as f64 / 100.0;
+            let x = bernstein(t, 0);
+            assert!(
+                (f64::from(up.apply(x as f32)) - bernstein(t, 1)).abs() < 1e-4,
+                "t {t}"
+            );
+            assert!(
+                (f64::from(down.apply(x as f32)) - bernstein(1.0 - t, 1)).abs() < 1e-4,
+                "t {t}"
+            );
+        }
+        assert!(down.apply(0.0) > 0.999 && down.apply(1.0) < 0.001);
+        assert!(up.apply(0.0) < 0.001 && up.apply(1.0) > 0.999);
+    }
+
+    #[test]
+    fn random_maps_stay_in_unit_interval_and_are_monotone() {
+        let mut rng = cube_rng(1, 0, 0);
+        let config = NonLinearConfig::default();
+        let mut inverting = 0;
+        for _ in 0..200 {
+            let map = BezierMap::random(&config, &mut rng).unwrap();
+            inverting += usize::from(map.is_inverting());
+            let mut prev = map.apply(0.0);
+            for i in 1..=1000 {
+                let v = map.apply(i as f32 / 1000.0);
+                assert!((0.0..=1.0).contains(&v));
+                if map.is_inverting() {
+                    assert!(v <= prev + 1e-6);
+                } else {
+                    assert!(v >= prev - 1e-6);
+                }
+                prev = v;
+            }
+        }
+        assert!((60..140).contains(&inverting), "{inverting}");
+        assert!(map_nan_passes_through());
+    }
+
+    fn map_nan_passes_through() -> bool {
+        let map = BezierMap::new([0.2, 0.2], [0.8, 0.8], false, 1000).unwrap();
+        map.apply(f32::NAN).is_nan()
+    }
+
+    #[test]
+    fn rejects_points_outside_the_unit_square() {
+        let err = BezierMap::new([1.5, 0.0], [0.5, 0.5], false, 100).unwrap_err();
+        assert!(err.to_string().contains("p1"), "{err}");
+        assert!(BezierMap::new([0.5, 0.5], [0.5, 0.5], false, 1).is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Transforms 4 and 5: in-painting and out-painting (the original's `image_in_painting`
+//! and `image_out_painting`).
+
+use ndarray::ArrayViewMut3;
+
+use crate::config::{InPaintConfig, OutPaintConfig};
+use crate::flip::dim3;
+use crate::rng::CubeRng;
+use crate::{Error, Result};
+
+/// Most boxes any painting can draw without allocating: out-painting's first box plus
+/// up to this many minus one extra (the paper uses 1 + 4, in-painting 5).
+const MAX_STACK_BOXES: usize = 16;
+
+/// An axis-aligned box: origin and size per axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Box3 {
+    pub(crate) origin: [usize; 3],
+    pub(crate) size: [usize; 3],
+}
+
+impl Box3 {
+    /// Draws sizes (rows, cols, deps) in `sizes(dim)` then origins in
+    /// `margin..=dim - size - margin`, in the original's order.
+    fn draw(
+        rng: &mut CubeRng,
+        shape: [usize; 3],
+        margin: usize,
+        sizes: impl Fn(usize) -> (usize, usize),
+    ) -> Self {
+        let size = shape.map(|dim| {
+            let (lo, hi) = sizes(dim);
+            rng.randint(lo, hi)
+        });
+        let mut origin = [0; 3];
+        for axis in 0..3 {
+            origin[axis] = rng.randint(margin, shape[axis] - size[axis] - margin);
+        }
+        Self { origin, size }
+    }
+
+    fn contains_row(&self, x: usize, y: usize) -> bool {
+        (self.origin[0]..self.origin[0] + self.size[0]).contains(&x)
+            && (self.origin[1]..self.origin[1] + self.size[1]).contains(&y)
+    }
+}
+
+/// In-painting on a C-order buffer: up to `max_boxes` times, while a uniform draw is
+/// below `box_rate`, fill a random box with uniform noise. Returns the number of boxes.
+pub(crate) fn in_paint_slice(
+    data: &mut [f32],
+    shape: [usize; 3],
+    config: &InPaintConfig,
+    rng: &mut CubeRng,
+) -> u32 {
+    let [_, cols, deps] = shape;
+    let mut n_boxes = 0;
+    while n_boxes < config.max_boxes && rng.uniform() < config.box_rate {
+        let b = Box3::draw(rng, shape, config.margin as usize, |dim| {
+            config.size_range(dim)
+        });
+        for x in b.origin[0]..b.origin[0] + b.size[0] {
+            for y in b.origin[1]..b.origin[1] + b.size[1] {
+                let start = (x * cols + y) * deps + b.origin[2];
+                rng.fill_uniform_f32(&mut data[start..start + b.size[2]]);
+            }
+        }
+        n_boxes += 1;
+    }
+    n_boxes
+}
+
+/// Out-painting on a C-order buffer: one random box plus up to `max_extra_boxes` more
+/// (each while a uniform draw is below `box_rate`) keep their values; every other voxel
+/// becomes uniform noise. Returns the number of boxes kept.
+///
+/// The original first fills the whole cube with noise and then restores the boxes from a
+/// copy; drawing the boxes first and filling only the rest gives the same distribution
+/// without the copy and with fewer noise draws.
+pub(crate) fn out_paint_slice(
+    data: &mut [f32],
+    shape: [usize; 3],
+    config: &OutPaintConfig,
+    rng: &mut CubeRng,
+) -> u32 {
+    let [rows, cols, deps] = shape;
+    let margin = config.margin as usize;
+    let mut boxes = [Box3::default(); MAX_STACK_BOXES];
+    let mut n_boxes = 0;
+    let mut extra = Vec::new(); // stays empty (no allocation) for max_extra_boxes < 16
+    let mut push = |b: Box3, n: &mut usize| {
+        if *n < MAX_STACK_BOXES {
+            boxes[*n] = b;
+        } else {
+            extra.push(b);
+        }
+        *n += 1;
+    };
+    push(
+        Box3::draw(rng, shape, margin, |dim| config.size_range(dim)),
+        &mut n_boxes,
+    );
+    let mut n_extra = 0;
+    while n_extra < config.max_extra_boxes && rng.uniform() < config.box_rate {
+        push(
+            Box3::draw(rng, shape, margin, |dim| config.size_range(dim)),
+            &mut n_boxes,
+        );
+        n_extra += 1;
+    }
+    let all: Vec<Box3>;
+    let boxes: &[Box3] = if n_boxes <= MAX_STACK_BOXES {
+        &boxes[..n_boxes]
+    } else {
+        all = boxes.iter().copied().chain(extra).collect();
+        &all
+    };
+    // Per row (x, y): the kept z-intervals, sorted; noise goes in the gaps.
+    let mut intervals = [(0usize, 0usize); MAX_STACK_BOXES];
+    for x in 0..rows {
+        for y in 0..cols {
+            let row = &mut data[(x * cols + y) * deps..(x * cols + y + 1) * deps];
+            let mut n = 0;
+            let mut covered_by_many = false;
+            for b in boxes.iter().filter(|b| b.contains_row(x, y)) {
+                if n == MAX_STACK_BOXES {
+                    covered_by_many = true;
+                    break;
+                }
+                intervals[n] = (b.origin[2], b.origin[2] + b.size[2]);
+                n += 1;
+            }
+            if covered_by_many {
+                // Rare path for configs with more than 16 boxes: mark kept voxels.
+                let mut keep = vec![false; deps];
+                for b in boxes.iter().filter(|b| b.contains_row(x, y)) {
+                    keep[b.origin[2]..b.origin[2] + b.size[2]].fill(true);
+                }
+                for (v, k) in row.iter_mut().zip(keep) {
+                    if !k {
+                        rng.fill_uniform_f32(std::slice::from_mut(v));
+                    }
+                }
+                continue;
+            }
+            let intervals = &mut intervals[..n];
+            intervals.sort_unstable();
+            let mut z = 0;
+            for &(start, end) in intervals.iter() {
+                if start > z {
+                    rng.fill_uniform_f32(&mut row[z..start]);
+                }
+                z = z.max(end);
+            }
+            if z < deps {
+                rng.fill_uniform_f32(&mut row[z..]);
+            }
+        }
+    }
+    n_boxes as u32
+}
+
+/// In-painting of one cube in place: up to `max_boxes` times, while a uniform draw is
+/// below `box_rate`, a box of size `dim/6 ..= dim/3` per axis starting at least `margin`
+/// voxels inside is filled with uniform noise in `[0, 1)`. Always applies (the
+/// probabilities belong to [`generate_pair`](crate::generate_pair)). `cube` must be in
+/// standard (C) layout. Returns the number of boxes.
+pub fn in_painting(
+    mut cube: ArrayViewMut3<'_, f32>,
+    config: &InPaintConfig,
+    rng: &mut CubeRng,
+) -> Result<u32> {
+    let shape = dim3(cube.dim());
+    config.validate(shape)?;
+    let data = cube.as_slice_mut().ok_or(Error::NotContiguous {
+        what: "in-painted cube",
+    })?;
+    Ok(in_paint_slice(data, shape, config, rng))
+}
+
+/// Out-painting of one cube in place: every voxel becomes uniform noise in `[0, 1)`
+/// except inside one box of size `dim - U[3 dim/7, 4 dim/7]` per axis and up to
+/// `max_extra_boxes` more such boxes (each while a uniform draw is below `box_rate`),
+/// which keep their values bit-exact. Always applies. `cube` must be in standard (C)
+/// layout. Returns the number of boxes kept.
+pub fn out_painting(
+    mut cube: ArrayViewMut3<'_, f32>,
+    config: &OutPaintConfig,
+    rng: &mut CubeRng,
+) -> Result<u32> {
+    let shape = dim3(cube.dim());
+    config.validate(shape)?;
+    let data = cube.as_slice_mut().ok_or(Error::NotContiguous {
+        what: "out-painted cube",
+    })?;
+    Ok(out_paint_slice(data, shape, config, rng))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cube_rng;
+    use ndarray::Array3;
+
+    /// Replays the box draws of `out_paint_slice` to know which voxels must be kept.
+    fn replay_out_boxes(seed: u64, shape: [usize; 3], config: &OutPaintConfig) -> Vec<Box3> {
+        let mut rng = cube_rng(seed, 0, 0);
+        let draw = |rng: &mut CubeRng| Box3::draw(rng, shape, 3, |d| config.size_range(d));
+        let mut boxes = vec![draw(&mut rng)];
+        while boxes.len() < 1 + config.max_extra_boxes as usize && rng.uniform() < config.box_rate {
+            boxes.push(draw(&mut rng));
+        }
+        boxes
+    }
+
+    #[test]
+    fn out_painting_keeps_its_boxes_bit_exact_and_noises_the_rest() {
+        let shape = [64, 64, 32];
+        let config = OutPaintConfig::default();
+        for seed in 0..30 {
+            let original = Array3::from_shape_fn((64, 64, 32), |(i, j, k)| {
+                2.0 + (i * 4096 + j * 64 + k) as f32
+            });
+            let mut cube = original.clone();
+            let mut rng = cube_rng(seed, 0, 0);
+            let n = out_painting(cube.view_mut(), &config, &mut rng).unwrap();
+            let boxes = replay_out_boxes(seed, shape, &config);
+            assert_eq!(n as usize, boxes.len());
+            for ((i, j, k), &v) in cube.indexed_iter() {
+                let kept = boxes.iter().any(|b| {
+                    b.contains_row(i, j) && (b.origin[2]..b.origin[2] + b.size[2]).contains(&k)
+                });
+                if kept {
+                    assert_eq!(v.to_bits(), original[(i, j, k)].to_bits());
+                } else {
+                    assert!((0.0..1.0).contains(&v), "({i},{j},{k}) = {v}");
+                }
+            }
+            for b in &boxes {
+                for axis in 0..3 {
+                    let (lo, hi) = config.size_range(shape[axis]);
+                    assert!((lo..=hi).contains(&b.size[axis]));
+                    assert!(
+                        b.origin[axis] >= 3 && b.origin[axis] + b.size[axis] + 3 <= shape[axis]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_painting_only_touches_boxes_inside_the_margins() {
+        let config = InPaintConfig::default();
+        let mut total_boxes = 0;
+        for seed in 0..50 {
+            let mut cube = Array3::from_elem((64, 64, 32), 2.0f32);
+            let mut rng = cube_rng(seed, 0, 0);
+            total_boxes += in_painting(cube.view_mut(), &config, &mut rng).unwrap();
+            for ((i, j, k), &v) in cube.indexed_iter() {
+                if v != 2.0 {
+                    assert!((0.0..1.0).contains(&v));
+                    assert!((3..64 - 3).contains(&i) && (3..64 - 3).contains(&j));
+                    assert!((3..32 - 3).contains(&k));
+                }
+            }
+        }
+        assert!(total_boxes > 150, "{total_boxes}");
+    }
+
+    #[test]
+    fn painting_rejects_small_or_non_contiguous_cubes() {
+        let mut rng = cube_rng(0, 0, 0);
+        let mut small = Array3::<f32>::zeros((64, 64, 12));
+        let err = out_painting(small.view_mut(), &OutPaintConfig::default(), &mut rng).unwrap_err();
+        assert!(matches!(err, Error::ShapeTooSmall { .. }), "{err}");
+        let mut small = Array3::<f32>::zeros((7, 64, 32));
+        let err = in_painting(small.view_mut(), &InPaintConfig::default(), &mut rng).unwrap_err();
+        assert!(err.to_string().contains("rows = 7"), "{err}");
+        let mut cube = Array3::<f32>::zeros((32, 64, 64));
+        let err = in_painting(
+            cube.view_mut().reversed_axes(),
+            &InPaintConfig::default(),
+            &mut rng,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotContiguous { .. }), "{err}");
+    }
+
+    #[test]
+    fn many_boxes_take_the_rare_path() {
+        let config = OutPaintConfig {
+            max_extra_boxes: 40,
+            box_rate: 1.0,
+            ..Default::default()
+        };
+        let mut cube = Array3::from_elem((64, 64, 32), 2.0f32);
+        let mut rng = cube_rng(9, 0, 0);
+        assert_eq!(
+            out_painting(cube.view_mut(), &config, &mut rng).unwrap(),
+            41
+        );
+        assert!(cube.iter().all(|&v| v == 2.0 || (0.0..1.0).contains(&v)));
+    }
+}

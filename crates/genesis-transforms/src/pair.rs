@@ -1,0 +1,326 @@
+//! Pair generation: the original's `generate_pair`, per cube and for whole batches.
+
+use ndarray::{ArrayView3, ArrayViewMut3};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::bezier::BezierMap;
+use crate::config::TransformConfig;
+use crate::flip::{FlipTrace, dim3, draw_flips, flipped_view};
+use crate::paint::{in_paint_slice, out_paint_slice};
+use crate::rng::{CubeRng, cube_rng};
+use crate::shuffle::shuffle_blocks;
+use crate::{Error, Result};
+
+/// Reusable buffers for [`generate_pair`], so that steady-state pair generation does not
+/// touch the heap. One per thread.
+#[derive(Debug, Clone)]
+pub struct PairScratch {
+    shuffle_block: Vec<f32>,
+    bezier: BezierMap,
+}
+
+impl PairScratch {
+    /// Buffers sized for cubes of `shape` (rows, cols, deps) with block divisors down to
+    /// the paper's; other shapes and configs still work, growing the buffers once.
+    pub fn new(shape: [usize; 3]) -> Self {
+        let paper = TransformConfig::paper().local_shuffle;
+        Self {
+            shuffle_block: vec![0.0; paper.max_block_len(shape)],
+            bezier: BezierMap::identity(),
+        }
+    }
+}
+
+/// Which painting a pair received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PaintTrace {
+    /// No painting.
+    #[default]
+    None,
+    /// In-painting with this many noise boxes.
+    In {
+        /// Number of boxes filled with noise (0 when the first box draw failed).
+        boxes: u32,
+    },
+    /// Out-painting with this many kept boxes.
+    Out {
+        /// Number of boxes that kept their values.
+        boxes: u32,
+    },
+}
+
+/// What [`generate_pair_traced`] drew for one cube: for tests, statistics and debugging.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct PairTrace {
+    /// The flips applied to input and target.
+    pub flip: FlipTrace,
+    /// Whether local pixel shuffling ran.
+    pub local_shuffle: bool,
+    /// The non-linear curve's control points P1, P2 and whether it was inverting.
+    pub nonlinear: Option<([f64; 2], [f64; 2], bool)>,
+    /// The painting.
+    pub paint: PaintTrace,
+}
+
+/// Makes one (input, target) pair from `cube`, in the original's order: target = input =
+/// cube; flip both; local shuffle (probability `local_rate`); non-linear map
+/// (`nonlinear_rate`); painting (`paint_rate`), in- with probability `inpaint_rate`, else
+/// out-painting.
+///
+/// `cube` may have any layout; `input` and `target` must have its shape and standard (C)
+/// layout. Errors only for mismatched shapes or layouts, an invalid config or a shape
+/// too small for a kernel that can fire.
+pub fn generate_pair(
+    cube: ArrayView3<'_, f32>,
+    input: ArrayViewMut3<'_, f32>,
+    target: ArrayViewMut3<'_, f32>,
+    config: &TransformConfig,
+    rng: &mut CubeRng,
+    scratch: &mut PairScratch,
+) -> Result<()> {
+    generate_pair_traced(cube, input, target, config, rng, scratch).map(|_| ())
+}
+
+/// [`generate_pair`], also returning what was drawn.
+pub fn generate_pair_traced(
+    cube: ArrayView3<'_, f32>,
+    mut input: ArrayViewMut3<'_, f32>,
+    mut target: ArrayViewMut3<'_, f32>,
+    config: &TransformConfig,
+    rng: &mut CubeRng,
+    scratch: &mut PairScratch,
+) -> Result<PairTrace> {
+    let shape = dim3(cube.dim());
+    for (what, found) in [("input", dim3(input.dim())), ("target", dim3(target.dim()))] {
+        if found != shape {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected: shape,
+                found,
+            });
+        }
+    }
+    config.validate(shape)?;
+    let input = input
+        .as_slice_mut()
+        .ok_or(Error::NotContiguous { what: "input" })?;
+    let target = target
+        .as_slice_mut()
+        .ok_or(Error::NotContiguous { what: "target" })?;
+    Ok(pair_into_slices(
+        cube, input, target, shape, config, rng, scratch,
+    ))
+}
+
+/// The pair pipeline on validated buffers.
+fn pair_into_slices(
+    cube: ArrayView3<'_, f32>,
+    input: &mut [f32],
+    target: &mut [f32],
+    shape: [usize; 3],
+    config: &TransformConfig,
+    rng: &mut CubeRng,
+    scratch: &mut PairScratch,
+) -> PairTrace {
+    let mut trace = PairTrace {
+        flip: draw_flips(rng, config.flip_rate, config.max_flips),
+        ..Default::default()
+    };
+    // target = flip(cube) in one pass; input = target.
+    let flipped = flipped_view(cube, trace.flip.flipped);
+    match (flipped.as_slice(), trace.flip.flipped == [false; 3]) {
+        (Some(values), true) => target.copy_from_slice(values),
+        _ => {
+            let mut dst = ArrayViewMut3::from_shape(flipped.dim(), &mut *target)
+                .unwrap_or_else(|_| unreachable!("target length was checked against the shape"));
+            dst.assign(&flipped);
+        }
+    }
+    input.copy_from_slice(target);
+
+    if rng.uniform() < config.local_rate {
+        let needed = config.local_shuffle.max_block_len(shape);
+        if scratch.shuffle_block.len() < needed {
+            scratch.shuffle_block.resize(needed, 0.0);
+        }
+        // The un-shuffled input is exactly the target, so no copy is needed.
+        shuffle_blocks(
+            target,
+            input,
+            shape,
+            &config.local_shuffle,
+            rng,
+            &mut scratch.shuffle_block,
+        );
+        trace.local_shuffle = true;
+    }
+
+    if rng.uniform() < config.nonlinear_rate {
+        // The config was validated, so drawing a map cannot fail.
+        if scratch.bezier.redraw(&config.nonlinear, rng).is_ok() {
+            scratch.bezier.apply_slice(input);
+            let [_, p1, p2, _] = scratch.bezier.control_points();
+            trace.nonlinear = Some((p1, p2, scratch.bezier.is_inverting()));
+        }
+    }
+
+    if rng.uniform() < config.paint_rate {
+        trace.paint = if rng.uniform() < config.inpaint_rate {
+            PaintTrace::In {
+                boxes: in_paint_slice(input, shape, &config.in_paint, rng),
+            }
+        } else {
+            PaintTrace::Out {
+                boxes: out_paint_slice(input, shape, &config.out_paint, rng),
+            }
+        };
+    }
+    trace
+}
+
+/// Generates pairs for a whole batch in parallel (rayon over cubes).
+///
+/// `cubes`, `inputs` and `targets` are contiguous C-order buffers of `n` cubes of
+/// `shape` (rows, cols, deps) each. Cube `i` uses `cube_rng(seed, epoch, first_cube_index
+/// + i)`, so the result is bit-identical for any thread count and any split of a dataset
+/// into batches. No per-cube heap allocation: one [`PairScratch`] per rayon work item.
+pub fn generate_pairs(
+    cubes: &[f32],
+    shape: [usize; 3],
+    inputs: &mut [f32],
+    targets: &mut [f32],
+    config: &TransformConfig,
+    seed: u64,
+    epoch: u64,
+    first_cube_index: u64,
+) -> Result<()> {
+    let cube_len: usize = shape.iter().product();
+    if cube_len == 0 {
+        return Err(Error::ShapeTooSmall {
+            kernel: "pair generation",
+            shape,
+            reason: "every axis must be at least 1".into(),
+        });
+    }
+    if cubes.len() % cube_len != 0 {
+        return Err(Error::BufferLength {
+            what: "cubes (not a whole number of cubes)",
+            expected: cubes.len() / cube_len * cube_len,
+            found: cubes.len(),
+        });
+    }
+    for (what, found) in [("inputs", inputs.len()), ("targets", targets.len())] {
+        if found != cubes.len() {
+            return Err(Error::BufferLength {
+                what,
+                expected: cubes.len(),
+                found,
+            });
+        }
+    }
+    config.validate(shape)?;
+    let [rows, cols, deps] = shape;
+    cubes
+        .par_chunks_exact(cube_len)
+        .zip(inputs.par_chunks_exact_mut(cube_len))
+        .zip(targets.par_chunks_exact_mut(cube_len))
+        .enumerate()
+        .for_each_init(
+            || PairScratch::new(shape),
+            |scratch, (i, ((cube, input), target))| {
+                let cube = ArrayView3::from_shape((rows, cols, deps), cube)
+                    .unwrap_or_else(|_| unreachable!("chunk length equals the cube length"));
+                let mut rng = cube_rng(seed, epoch, first_cube_index + i as u64);
+                pair_into_slices(cube, input, target, shape, config, &mut rng, scratch);
+            },
+        );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn none_gives_input_equal_target_equal_cube() {
+        let cube = Array3::from_shape_fn((16, 16, 16), |(i, j, k)| (i + j + k) as f32 / 48.0);
+        let mut input = Array3::zeros((16, 16, 16));
+        let mut target = Array3::zeros((16, 16, 16));
+        let mut scratch = PairScratch::new([16, 16, 16]);
+        let config = TransformConfig::only(crate::Kernel::None);
+        let mut rng = cube_rng(0, 0, 0);
+        generate_pair(
+            cube.view(),
+            input.view_mut(),
+            target.view_mut(),
+            &config,
+            &mut rng,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(input, cube);
+        assert_eq!(target, cube);
+    }
+
+    #[test]
+    fn checks_shapes_and_lengths() {
+        let cube = Array3::<f32>::zeros((64, 64, 32));
+        let mut input = Array3::zeros((64, 64, 31));
+        let mut target = Array3::zeros((64, 64, 32));
+        let mut scratch = PairScratch::new([64, 64, 32]);
+        let mut rng = cube_rng(0, 0, 0);
+        let config = TransformConfig::paper();
+        let err = generate_pair(
+            cube.view(),
+            input.view_mut(),
+            target.view_mut(),
+            &config,
+            &mut rng,
+            &mut scratch,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::ShapeMismatch { what: "input", .. }),
+            "{err}"
+        );
+        let cubes = vec![0f32; 64 * 64 * 32 * 2];
+        let mut inputs = vec![0f32; cubes.len()];
+        let mut targets = vec![0f32; cubes.len() - 1];
+        let err = generate_pairs(
+            &cubes,
+            [64, 64, 32],
+            &mut inputs,
+            &mut targets,
+            &config,
+            0,
+            0,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BufferLength {
+                    what: "targets",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = generate_pairs(
+            &cubes[1..],
+            [64, 64, 32],
+            &mut inputs[1..],
+            &mut targets,
+            &config,
+            0,
+            0,
+            0,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::BufferLength { .. }), "{err}");
+    }
+}
