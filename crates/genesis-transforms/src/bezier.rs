@@ -31,7 +31,7 @@ use crate::{Error, Result};
 /// Number of lookup-table cells over `[0, 1]`.
 const LUT_CELLS: usize = 4096;
 /// Steps of the march along the curve that fills the table nodes.
-const FINE_STEPS: usize = 8192;
+const FINE_STEPS: usize = 2048;
 /// Cells whose node second difference exceeds this use the exact path (the chord error
 /// of linear interpolation is about an eighth of it).
 const BEND_LIMIT: f64 = 1e-4;
@@ -268,8 +268,34 @@ impl BezierMap {
 
     /// Maps every value in place.
     pub fn apply_slice(&self, values: &mut [f32]) {
-        for v in values {
-            *v = self.apply(*v);
+        // Cell indices and fractions for a chunk in a loop the compiler vectorizes, then
+        // the table lookups; cells marked for the exact path are patched afterwards.
+        const CHUNK: usize = 256;
+        let mut cells = [0u32; CHUNK];
+        let mut fracs = [0f32; CHUNK];
+        for chunk in values.chunks_mut(CHUNK) {
+            let n = chunk.len();
+            for ((cell, frac), &v) in cells.iter_mut().zip(fracs.iter_mut()).zip(chunk.iter()) {
+                let t = v.clamp(0.0, 1.0) * LUT_CELLS as f32;
+                let c = (t as i32).clamp(0, LUT_CELLS as i32 - 1);
+                *cell = c as u32;
+                *frac = t - c as f32;
+            }
+            let mut any_nan = false;
+            for ((v, &cell), &frac) in chunk.iter_mut().zip(&cells[..n]).zip(&fracs[..n]) {
+                let [base, rise] = self.lut[cell as usize % LUT_CELLS];
+                let out = base + rise * frac;
+                any_nan |= out.is_nan();
+                // Keep the input where the table has no answer; patched below.
+                *v = if out.is_nan() { *v } else { out };
+            }
+            if any_nan {
+                for (v, &cell) in chunk.iter_mut().zip(&cells[..n]) {
+                    if self.lut[cell as usize % LUT_CELLS][1].is_nan() || v.is_nan() {
+                        *v = self.exact(f64::from(*v)) as f32;
+                    }
+                }
+            }
         }
     }
 

@@ -47,8 +47,7 @@ pub(crate) fn shuffle_blocks(
         for ix in x..x + bx {
             let mut start = ix * row_stride + y * deps + z;
             for _ in 0..by {
-                let src = &original[start..start + bz];
-                block[k..k + bz].copy_from_slice(src);
+                copy_short(&mut block[k..k + bz], &original[start..start + bz]);
                 k += bz;
                 start += deps;
             }
@@ -59,11 +58,23 @@ pub(crate) fn shuffle_blocks(
         for ix in x..x + bx {
             let mut start = ix * row_stride + y * deps + z;
             for _ in 0..by {
-                out[start..start + bz].copy_from_slice(&block[k..k + bz]);
+                copy_short(&mut out[start..start + bz], &block[k..k + bz]);
                 k += bz;
                 start += deps;
             }
         }
+    }
+}
+
+/// Copies a short run (blocks are at most a few voxels deep); a plain `copy_from_slice`
+/// would call `memmove` for each of the ~100,000 runs of a cube.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    match (dst, src) {
+        ([d0], [s0]) => *d0 = *s0,
+        ([d0, d1], [s0, s1]) => (*d0, *d1) = (*s0, *s1),
+        ([d0, d1, d2], [s0, s1, s2]) => (*d0, *d1, *d2) = (*s0, *s1, *s2),
+        (dst, src) => dst.copy_from_slice(src),
     }
 }
 
