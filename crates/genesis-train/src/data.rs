@@ -1,0 +1,641 @@
+//! Data: finding and memory-mapping the `.npy` stacks, turning item indices
+//! into batches, and a background producer that prepares batches ahead of
+//! the model through a bounded queue.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use genesis_io::NpyStack;
+use genesis_transforms::TransformConfig;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// Seed offset of validation pairs, so they differ from every training epoch's
+/// yet are the same at every epoch.
+pub(crate) const VALID_SEED_OFFSET: u64 = 0x5EED_0F7A_1D00;
+
+/// Several stacks of equally shaped items seen as one indexed collection.
+#[derive(Debug)]
+pub(crate) struct StackSet {
+    stacks: Vec<NpyStack>,
+    /// `offsets[k]` is the global index of the first item of `stacks[k]`.
+    offsets: Vec<usize>,
+    len: usize,
+    item_len: usize,
+    shape: [usize; 3],
+}
+
+impl StackSet {
+    /// Opens `paths`; every item must have the same shape, 3-D (`rows, cols,
+    /// deps`) or 4-D with a leading channel of 1.
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut stacks = Vec::with_capacity(paths.len());
+        let mut offsets = Vec::with_capacity(paths.len());
+        let mut len = 0;
+        let mut shape: Option<[usize; 3]> = None;
+        for path in paths {
+            let stack = NpyStack::open(path)?;
+            let this = cube_shape(path, stack.item_shape())?;
+            match shape {
+                Some(s) if s != this => {
+                    return Err(Error::data(
+                        path,
+                        format!("items have shape {this:?} but the other stacks have {s:?}"),
+                    ));
+                }
+                _ => shape = Some(this),
+            }
+            offsets.push(len);
+            len += stack.len();
+            stacks.push(stack);
+        }
+        let shape = shape.ok_or_else(|| Error::Config("no stack files given".into()))?;
+        Ok(Self {
+            stacks,
+            offsets,
+            len,
+            item_len: shape.iter().product(),
+            shape,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    pub(crate) fn item_len(&self) -> usize {
+        self.item_len
+    }
+
+    /// Copies global item `index` into `out`.
+    pub(crate) fn read(&self, index: usize, out: &mut [f32]) -> Result<()> {
+        let k = self
+            .offsets
+            .partition_point(|&o| o <= index)
+            .saturating_sub(1);
+        let stack = self.stacks.get(k).ok_or_else(|| {
+            Error::Config(format!("item {index} out of range ({} items)", self.len))
+        })?;
+        Ok(stack.read_item_into(index - self.offsets[k], out)?)
+    }
+
+    /// Copies items `indices` into consecutive chunks of `out`, in parallel.
+    pub(crate) fn read_many(&self, indices: &[usize], out: &mut [f32]) -> Result<()> {
+        out.par_chunks_mut(self.item_len)
+            .zip(indices.par_iter())
+            .try_for_each(|(chunk, &i)| self.read(i, chunk))
+    }
+}
+
+fn cube_shape(path: &Path, item_shape: &[usize]) -> Result<[usize; 3]> {
+    match item_shape {
+        [r, c, d] | [1, r, c, d] if *r > 0 && *c > 0 && *d > 0 => Ok([*r, *c, *d]),
+        other => Err(Error::data(
+            path,
+            format!(
+                "items have shape {other:?}; expected (rows, cols, deps) or (1, rows, cols, deps)"
+            ),
+        )),
+    }
+}
+
+/// Finds `bat_{scale}_s_{rows}x{cols}x{deps}_{fold}.npy` in `dir`, whatever the cube shape.
+pub(crate) fn find_fold_stack(dir: &Path, scale: usize, fold: usize) -> Result<Option<PathBuf>> {
+    let prefix = format!("bat_{scale}_s_");
+    let suffix = format!("_{fold}.npy");
+    let found = list_matching(dir, |name| {
+        name.strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(&suffix))
+            .is_some_and(is_shape_token)
+    })?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => Err(Error::data(
+            dir,
+            format!(
+                "fold {fold} has stacks of several cube shapes: {}",
+                names(many)
+            ),
+        )),
+    }
+}
+
+/// The training and validation stacks of pretraining; missing folds are
+/// skipped with a warning, but each side needs at least one.
+pub(crate) fn pretrain_stacks(
+    dir: &Path,
+    scale: usize,
+    folds: &[usize],
+    role: &str,
+) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(Error::data(dir, "data directory not found"));
+    }
+    let mut paths = Vec::new();
+    let mut missing = Vec::new();
+    for &fold in folds {
+        match find_fold_stack(dir, scale, fold)? {
+            Some(p) => paths.push(p),
+            None => missing.push(fold),
+        }
+    }
+    if paths.is_empty() {
+        return Err(Error::data(
+            dir,
+            format!(
+                "no {role} stack bat_{scale}_s_<rows>x<cols>x<deps>_<fold>.npy for folds {folds:?} (check --scale and the fold lists)"
+            ),
+        ));
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: {}: no {role} stack for folds {missing:?}",
+            dir.display()
+        );
+    }
+    Ok(paths)
+}
+
+/// Finds `{prefix}_{split}_{r}x{c}x{d}.npy` or `{prefix}_{split}.npy` in `dir`.
+pub(crate) fn find_split_file(
+    dir: &Path,
+    prefix: &str,
+    split: &str,
+    extension: &str,
+) -> Result<Option<PathBuf>> {
+    let exact = format!("{prefix}_{split}.{extension}");
+    let start = format!("{prefix}_{split}_");
+    let dotted = format!(".{extension}");
+    let found = list_matching(dir, |name| {
+        name == exact
+            || name
+                .strip_prefix(&start)
+                .and_then(|rest| rest.strip_suffix(&dotted))
+                .is_some_and(is_shape_token)
+    })?;
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => Err(Error::data(
+            dir,
+            format!(
+                "several `{prefix}` files for split {split}: {}",
+                names(many)
+            ),
+        )),
+    }
+}
+
+fn is_shape_token(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('x').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn list_matching(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if let Some(name) = entry.file_name().to_str()
+            && keep(name)
+        {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn names(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads 0/1 labels from `.npy` (any shape, one value per cube) or a CSV
+/// (the last numeric field of each line; a header line is skipped).
+pub(crate) fn read_labels(path: &Path) -> Result<Vec<f32>> {
+    let labels: Vec<f32> = if path.extension().is_some_and(|e| e == "csv") {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut labels = Vec::new();
+        for (line_no, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let last = line.rsplit([',', ';', '\t']).next().unwrap_or(line).trim();
+            match last.parse::<f32>() {
+                Ok(v) => labels.push(v),
+                Err(_) if line_no == 0 => {}
+                Err(_) => {
+                    return Err(Error::data(
+                        path,
+                        format!("line {}: `{last}` is not a label", line_no + 1),
+                    ));
+                }
+            }
+        }
+        labels
+    } else {
+        genesis_io::read_npy(path)?.iter().copied().collect()
+    };
+    if let Some(bad) = labels.iter().find(|&&v| v != 0.0 && v != 1.0) {
+        return Err(Error::data(
+            path,
+            format!("labels must be 0 or 1, found {bad}"),
+        ));
+    }
+    Ok(labels)
+}
+
+/// Produces the (input, target) values of a batch of items.
+pub(crate) trait BatchSource: Send + Sync + std::fmt::Debug {
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Shape of one input cube.
+    fn shape(&self) -> [usize; 3];
+    /// Target values per item (voxels, or 1 for a class label).
+    fn target_len(&self) -> usize;
+    /// Fills `inputs` and `targets` for items `indices`; `first_position` is the
+    /// position of the first of them in the epoch's order (transforms use it as
+    /// the cube index of their random streams).
+    fn fill(
+        &self,
+        indices: &[usize],
+        epoch: u64,
+        first_position: usize,
+        inputs: &mut [f32],
+        targets: &mut [f32],
+    ) -> Result<()>;
+}
+
+/// Pretraining: cubes transformed into (input, target) restoration pairs.
+#[derive(Debug)]
+pub(crate) struct RestorationSource {
+    pub(crate) cubes: StackSet,
+    pub(crate) transforms: TransformConfig,
+    pub(crate) seed: u64,
+}
+
+impl BatchSource for RestorationSource {
+    fn len(&self) -> usize {
+        self.cubes.len()
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        self.cubes.shape()
+    }
+
+    fn target_len(&self) -> usize {
+        self.cubes.item_len()
+    }
+
+    fn fill(
+        &self,
+        indices: &[usize],
+        epoch: u64,
+        first_position: usize,
+        inputs: &mut [f32],
+        targets: &mut [f32],
+    ) -> Result<()> {
+        let mut cubes = vec![0f32; indices.len() * self.cubes.item_len()];
+        self.cubes.read_many(indices, &mut cubes)?;
+        genesis_transforms::generate_pairs(
+            &cubes,
+            self.cubes.shape(),
+            inputs,
+            targets,
+            &self.transforms,
+            self.seed,
+            epoch,
+            first_position as u64,
+        )?;
+        Ok(())
+    }
+}
+
+/// What a target task predicts.
+#[derive(Debug)]
+pub(crate) enum TaskTargets {
+    /// Segmentation masks, one per cube.
+    Masks(StackSet),
+    /// Class labels, one per cube.
+    Labels(Vec<f32>),
+}
+
+/// Fine-tuning and evaluation: cubes with masks or labels, no augmentation.
+#[derive(Debug)]
+pub(crate) struct TaskSource {
+    pub(crate) images: StackSet,
+    pub(crate) targets: TaskTargets,
+}
+
+impl TaskSource {
+    /// Opens split `split` of a task directory.
+    pub(crate) fn open(dir: &Path, split: &str, classification: bool) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::data(dir, "task data directory not found"));
+        }
+        let x = find_split_file(dir, "x", split, "npy")?
+            .ok_or_else(|| Error::data(dir, format!("no x_{split}_<rows>x<cols>x<deps>.npy")))?;
+        let images = StackSet::open(std::slice::from_ref(&x))?;
+        let targets = if classification {
+            let y = match find_split_file(dir, "y", split, "npy")? {
+                Some(p) => p,
+                None => find_split_file(dir, "y", split, "csv")?.ok_or_else(|| {
+                    Error::data(dir, format!("no y_{split}.npy or y_{split}.csv"))
+                })?,
+            };
+            let labels = read_labels(&y)?;
+            if labels.len() != images.len() {
+                return Err(Error::data(
+                    &y,
+                    format!(
+                        "{} labels for {} cubes in {}",
+                        labels.len(),
+                        images.len(),
+                        x.display()
+                    ),
+                ));
+            }
+            TaskTargets::Labels(labels)
+        } else {
+            let m = find_split_file(dir, "m", split, "npy")?.ok_or_else(|| {
+                Error::data(dir, format!("no m_{split}_<rows>x<cols>x<deps>.npy"))
+            })?;
+            let masks = StackSet::open(std::slice::from_ref(&m))?;
+            if masks.len() != images.len() || masks.shape() != images.shape() {
+                return Err(Error::data(
+                    &m,
+                    format!(
+                        "{} masks of {:?} for {} cubes of {:?} in {}",
+                        masks.len(),
+                        masks.shape(),
+                        images.len(),
+                        images.shape(),
+                        x.display()
+                    ),
+                ));
+            }
+            TaskTargets::Masks(masks)
+        };
+        if images.len() == 0 {
+            return Err(Error::data(&x, "no cubes"));
+        }
+        Ok(Self { images, targets })
+    }
+}
+
+impl BatchSource for TaskSource {
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        self.images.shape()
+    }
+
+    fn target_len(&self) -> usize {
+        match &self.targets {
+            TaskTargets::Masks(m) => m.item_len(),
+            TaskTargets::Labels(_) => 1,
+        }
+    }
+
+    fn fill(
+        &self,
+        indices: &[usize],
+        _: u64,
+        _: usize,
+        inputs: &mut [f32],
+        targets: &mut [f32],
+    ) -> Result<()> {
+        self.images.read_many(indices, inputs)?;
+        match &self.targets {
+            TaskTargets::Masks(m) => m.read_many(indices, targets),
+            TaskTargets::Labels(labels) => {
+                for (t, &i) in targets.iter_mut().zip(indices) {
+                    *t = labels[i];
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A batch ready for the model.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Items in the batch.
+    pub(crate) n: usize,
+    /// `n × rows × cols × deps` input values.
+    pub(crate) inputs: Vec<f32>,
+    /// `n × target_len` target values.
+    pub(crate) targets: Vec<f32>,
+}
+
+/// Which batches of which epoch to produce.
+#[derive(Debug, Clone)]
+pub(crate) struct EpochPlan {
+    /// Item indices in the epoch's order.
+    pub(crate) order: Vec<usize>,
+    pub(crate) batch_size: usize,
+    /// The epoch number handed to the source (transforms seed from it).
+    pub(crate) epoch: u64,
+    /// First step to produce (steps before were done before an interruption).
+    pub(crate) first_step: usize,
+    /// Steps of the epoch.
+    pub(crate) n_steps: usize,
+}
+
+impl EpochPlan {
+    /// Items in a shuffled order derived from `(seed, epoch)` only.
+    pub(crate) fn shuffled(n_items: usize, seed: u64, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n_items).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        order.shuffle(&mut rng);
+        order
+    }
+
+    /// Steps for `n_items` at `batch_size`: `n // batch` when dropping the
+    /// last partial batch, `ceil(n / batch)` otherwise; capped by `cap`.
+    pub(crate) fn steps(
+        n_items: usize,
+        batch_size: usize,
+        drop_last: bool,
+        cap: Option<usize>,
+    ) -> usize {
+        let steps = if drop_last {
+            n_items / batch_size
+        } else {
+            n_items.div_ceil(batch_size)
+        };
+        cap.map_or(steps, |c| steps.min(c))
+    }
+}
+
+/// A background thread filling a bounded queue with the batches of one plan.
+/// Dropping it stops the thread.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    receiver: Option<Receiver<Result<Batch>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Producer {
+    /// Starts producing `plan` from `source`, at most `depth` batches ahead.
+    pub(crate) fn spawn(
+        source: Arc<dyn BatchSource>,
+        plan: EpochPlan,
+        depth: usize,
+    ) -> Result<Self> {
+        let (sender, receiver) = sync_channel(depth.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("genesis-data".into())
+            .spawn(move || {
+                let voxels: usize = source.shape().iter().product();
+                for step in plan.first_step..plan.n_steps {
+                    if stop_flag.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let start = step * plan.batch_size;
+                    let end = (start + plan.batch_size).min(plan.order.len());
+                    let indices = &plan.order[start..end];
+                    let n = indices.len();
+                    let mut inputs = vec![0f32; n * voxels];
+                    let mut targets = vec![0f32; n * source.target_len()];
+                    let result = source
+                        .fill(indices, plan.epoch, start, &mut inputs, &mut targets)
+                        .map(|()| Batch { n, inputs, targets });
+                    let failed = result.is_err();
+                    if sender.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Producer(format!("cannot start the data thread: {e}")))?;
+        Ok(Self {
+            receiver: Some(receiver),
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// The next batch, blocking until it is ready.
+    pub(crate) fn next_batch(&mut self) -> Result<Batch> {
+        let receiver = self
+            .receiver
+            .as_ref()
+            .ok_or_else(|| Error::Producer("the queue is closed".into()))?;
+        receiver
+            .recv()
+            .map_err(|_| Error::Producer("the data thread ended before the epoch did".into()))?
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver unblocks a pending send.
+        self.receiver.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffles_depend_only_on_seed_and_epoch() {
+        let a = EpochPlan::shuffled(100, 1, 0);
+        assert_eq!(a, EpochPlan::shuffled(100, 1, 0));
+        assert_ne!(a, EpochPlan::shuffled(100, 1, 1));
+        assert_ne!(a, EpochPlan::shuffled(100, 2, 0));
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn step_counts() {
+        assert_eq!(EpochPlan::steps(10, 4, true, None), 2);
+        assert_eq!(EpochPlan::steps(10, 4, false, None), 3);
+        assert_eq!(EpochPlan::steps(10, 4, false, Some(1)), 1);
+        assert_eq!(EpochPlan::steps(3, 4, true, None), 0);
+    }
+
+    #[test]
+    fn file_names_are_matched_whatever_the_cube_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "bat_8_s_64x64x32_0.npy",
+            "bat_8_s_16x16x16_1.npy",
+            "bat_8_s_64x64x32_10.npy",
+            "bat_32_s_64x64x32_0.npy",
+            "x_train_64x64x32.npy",
+            "y_train.csv",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = |fold| {
+            find_fold_stack(dir.path(), 8, fold)
+                .unwrap()
+                .map(|p| p.file_name().unwrap().to_owned())
+        };
+        assert_eq!(found(0).unwrap(), "bat_8_s_64x64x32_0.npy");
+        assert_eq!(found(1).unwrap(), "bat_8_s_16x16x16_1.npy");
+        assert!(found(2).is_none());
+        assert!(pretrain_stacks(dir.path(), 8, &[3, 4], "training").is_err());
+        let x = find_split_file(dir.path(), "x", "train", "npy")
+            .unwrap()
+            .unwrap();
+        assert!(x.ends_with("x_train_64x64x32.npy"));
+        assert!(
+            find_split_file(dir.path(), "y", "train", "csv")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            find_split_file(dir.path(), "x", "test", "npy")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn labels_from_csv() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("y.csv");
+        std::fs::write(&path, "id,label\n0,1\n1,0\n\n2,1\n").unwrap();
+        assert_eq!(read_labels(&path).unwrap(), vec![1.0, 0.0, 1.0]);
+        std::fs::write(&path, "1\n2\n").unwrap();
+        assert!(read_labels(&path).is_err());
+        std::fs::write(&path, "1\nx\n").unwrap();
+        assert!(read_labels(&path).is_err());
+    }
+}
