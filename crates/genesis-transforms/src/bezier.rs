@@ -233,8 +233,8 @@ impl BezierMap {
             (prev_x, prev_y) = (x, y);
         }
         // Rounding can leave x(1) a hair below 1.
-        for k in node..LUT_CELLS {
-            nodes[k] = self.exact(k as f64 / cells);
+        for (k, value) in nodes.iter_mut().enumerate().take(LUT_CELLS).skip(node) {
+            *value = self.exact(k as f64 / cells);
         }
         let bend = |k: usize| {
             let k = k.clamp(1, LUT_CELLS - 1);

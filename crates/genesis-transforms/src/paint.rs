@@ -237,8 +237,8 @@ mod tests {
                 }
             }
             for b in &boxes {
-                for axis in 0..3 {
-                    let (lo, hi) = config.size_range(shape[axis]);
+                for (axis, &dim) in shape.iter().enumerate() {
+                    let (lo, hi) = config.size_range(dim);
                     assert!((lo..=hi).contains(&b.size[axis]));
                     assert!(
                         b.origin[axis] >= 3 && b.origin[axis] + b.size[axis] + 3 <= shape[axis]

@@ -186,6 +186,9 @@ fn pair_into_slices(
 /// `shape` (rows, cols, deps) each. Cube `i` uses `cube_rng(seed, epoch, first_cube_index
 /// + i)`, so the result is bit-identical for any thread count and any split of a dataset
 /// into batches. No per-cube heap allocation: one [`PairScratch`] per rayon work item.
+// The argument list is the API other crates code against: buffers, shape, config and
+// the (seed, epoch, first index) triple that makes every cube's stream.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_pairs(
     cubes: &[f32],
     shape: [usize; 3],
@@ -204,7 +207,7 @@ pub fn generate_pairs(
             reason: "every axis must be at least 1".into(),
         });
     }
-    if cubes.len() % cube_len != 0 {
+    if !cubes.len().is_multiple_of(cube_len) {
         return Err(Error::BufferLength {
             what: "cubes (not a whole number of cubes)",
             expected: cubes.len() / cube_len * cube_len,

@@ -1,6 +1,9 @@
 //! Integration tests: determinism across thread counts and batch splits, and the
 //! statistics of the paper's pipeline over thousands of seeded draws.
 
+// Helpers outside #[test] functions unwrap too; a panic is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use genesis_transforms::{
     InPaintConfig, Kernel, OutPaintConfig, PaintTrace, PairScratch, PairTrace, TransformConfig,
     cube_rng, generate_pair, generate_pair_traced, generate_pairs, in_painting, out_painting,
