@@ -76,7 +76,10 @@ fn make_cubes(dir: &Path) {
     let mut rng = Lcg(7);
     for (fold, n) in [(0, 8), (1, 8), (2, 4)] {
         let cubes: Vec<Vec<f32>> = (0..n)
-            .map(|_| cube_with_ball(&mut rng, random_centre(&mut rng), 5.0).0)
+            .map(|_| {
+                let centre = random_centre(&mut rng);
+                cube_with_ball(&mut rng, centre, 5.0).0
+            })
             .collect();
         write_stack(&dir.join(format!("bat_4_s_32x32x16_{fold}.npy")), &cubes);
     }
@@ -90,8 +93,9 @@ fn make_tasks(ncs: &Path, ncc: &Path) {
     for (split, n) in [("train", 12), ("valid", 4), ("test", 4)] {
         let (mut images, mut masks) = (Vec::new(), Vec::new());
         for _ in 0..n {
-            let (image, mask) =
-                cube_with_ball(&mut rng, random_centre(&mut rng), 4.0 + 3.0 * rng.next());
+            let centre = random_centre(&mut rng);
+            let radius = 4.0 + 3.0 * rng.next();
+            let (image, mask) = cube_with_ball(&mut rng, centre, radius);
             images.push(image);
             masks.push(mask);
         }
@@ -102,7 +106,8 @@ fn make_tasks(ncs: &Path, ncc: &Path) {
         let mut cubes = Vec::new();
         for i in 0..n {
             let radius = if i % 2 == 0 { 5.0 } else { 0.0 };
-            cubes.push(cube_with_ball(&mut rng, random_centre(&mut rng), radius).0);
+            let centre = random_centre(&mut rng);
+            cubes.push(cube_with_ball(&mut rng, centre, radius).0);
             labels.push_str(if i % 2 == 0 { "1\n" } else { "0\n" });
         }
         write_stack(&ncc.join(format!("x_{split}_32x32x16.npy")), &cubes);
@@ -303,6 +308,7 @@ fn pretrain_resume_finetune_evaluate_predict() {
 
     // 4. Evaluation through the command line, as the quickstart calls it.
     let metrics_path = dir.path().join("ncs-genesis/test_metrics.json");
+    let seg_weights = seg.run_dir.join("best.safetensors");
     let args = [
         "genesis-train",
         "evaluate",
@@ -311,7 +317,7 @@ fn pretrain_resume_finetune_evaluate_predict() {
         "--data",
         ncs.to_str().unwrap(),
         "--weights",
-        seg.run_dir.join("best.safetensors").to_str().unwrap(),
+        seg_weights.to_str().unwrap(),
         "--base-width",
         "4",
         "--split",
@@ -377,7 +383,7 @@ fn pretrain_resume_finetune_evaluate_predict() {
         "genesis-train",
         "predict",
         "--weights",
-        seg.run_dir.join("best.safetensors").to_str().unwrap(),
+        seg_weights.to_str().unwrap(),
         "--input",
         scan_path.to_str().unwrap(),
         "--output",
@@ -392,8 +398,19 @@ fn pretrain_resume_finetune_evaluate_predict() {
     genesis_train::run(Cli::try_parse_from(args).unwrap()).unwrap();
     let mask = genesis_io::read_volume(&mask_path).unwrap();
     assert_eq!(mask.shape(), [32, 32, 16]);
-    assert_eq!(mask.spacing, volume.spacing);
-    assert_eq!(mask.origin, volume.origin);
+    for axis in 0..3 {
+        // NIfTI keeps spacing as f32.
+        assert!(
+            (mask.spacing[axis] - volume.spacing[axis]).abs() < 1e-6,
+            "{:?}",
+            mask.spacing
+        );
+        assert!(
+            (mask.origin[axis] - volume.origin[axis]).abs() < 1e-4,
+            "{:?}",
+            mask.origin
+        );
+    }
     assert!(mask.data.iter().all(|&v| v == 0.0 || v == 1.0));
 }
 

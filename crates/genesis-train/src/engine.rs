@@ -4,8 +4,8 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use genesis_models::{ClassificationModel, SegmentationModel};
@@ -20,6 +20,21 @@ use crate::metrics_log::{EpochRecord, write_metrics};
 use crate::optim::Optimizer;
 use crate::plots::{write_loss_curve, write_restoration_sample};
 use crate::{Error, Result};
+
+/// libtorch's random generator is process-wide: without this lock, runs in
+/// one process (tests, a library user's threads) would interleave their
+/// draws and lose reproducibility. Every seeding and every draw of this
+/// crate (initialisation, the training forward pass) holds it.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// Seeds libtorch's generator with `seed` and runs `f`, holding [`TORCH_RNG`].
+pub(crate) fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    let _guard = TORCH_RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(seed);
+    f()
+}
 
 /// File names inside a run directory.
 pub(crate) const LAST_CHECKPOINT: &str = "last.ckpt.safetensors";
@@ -259,9 +274,8 @@ pub(crate) fn run_loop(
             wait_s += waiting.elapsed().as_secs_f64();
             cubes += batch.n;
             let (x, y) = batch_tensors(&batch.inputs, &batch.targets, batch.n, shape, spec.device)?;
-            tch::manual_seed(step_seed(spec.seed, epoch, step));
             optimizer.zero_grad();
-            let output = net.forward(&x, true)?;
+            let output = seeded(step_seed(spec.seed, epoch, step), || net.forward(&x, true))?;
             let loss = spec.objective.loss(&output, &y)?;
             let value = loss.f_double_value(&[])?;
             if !value.is_finite() {

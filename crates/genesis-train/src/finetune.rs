@@ -14,7 +14,7 @@ use tch::{Device, Kind, nn};
 use crate::config::{FinetuneConfig, Init, SegmentationLoss, Task, to_toml};
 use crate::data::{BatchSource, EpochPlan, Producer, TaskSource};
 use crate::engine::{
-    LoopSpec, Net, Objective, RunOptions, RunSummary, batch_tensors, run_loop, save_config,
+    LoopSpec, Net, Objective, RunOptions, RunSummary, batch_tensors, run_loop, save_config, seeded,
 };
 use crate::losses::{OverlapCounts, roc_auc};
 use crate::pretrain::check_cube_shape;
@@ -64,9 +64,10 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions) -> Result<RunSumm
         );
     }
 
-    tch::manual_seed(config.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let net = build_net(&vs, config.task, &config.model)?;
+    let net = seeded(config.seed as i64, || {
+        build_net(&vs, config.task, &config.model)
+    })?;
     if let Init::Genesis(path) = &config.init
         && !options.resume
     {
@@ -196,7 +197,8 @@ pub fn evaluate(config: &EvaluateConfig) -> Result<EvaluationMetrics> {
     let source = TaskSource::open(&config.data, &config.split, classification)?;
     check_cube_shape(source.shape(), config.model.spatial_multiple())?;
     let mut vs = nn::VarStore::new(device);
-    let net = build_net(&vs, config.task, &config.model)?;
+    // Seeded only to keep concurrent runs' draws apart: the weights are loaded next.
+    let net = seeded(0, || build_net(&vs, config.task, &config.model))?;
     load_weights(&mut vs, &config.weights, InitScope::Whole)?.ensure_complete()?;
 
     let shape = source.shape();

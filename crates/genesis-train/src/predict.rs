@@ -73,7 +73,8 @@ pub fn predict(config: &PredictConfig) -> Result<PredictSummary> {
     check_cube_shape(config.patch, config.model.spatial_multiple())?;
     let device = genesis_models::parse_device(&config.device)?;
     let mut vs = nn::VarStore::new(device);
-    let model = SegmentationModel::new(&vs.root(), &config.model)?;
+    // Seeded only to keep concurrent runs' draws apart: the weights are loaded next.
+    let model = crate::engine::seeded(0, || SegmentationModel::new(&vs.root(), &config.model))?;
     load_weights(&mut vs, &config.weights, InitScope::Whole)?.ensure_complete()?;
 
     let volume = read_volume(&config.input)?;

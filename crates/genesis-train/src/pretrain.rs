@@ -8,7 +8,9 @@ use tch::nn;
 
 use crate::config::{PretrainConfig, to_toml};
 use crate::data::{EpochPlan, RestorationSource, StackSet, VALID_SEED_OFFSET, pretrain_stacks};
-use crate::engine::{LoopSpec, Net, Objective, RunOptions, RunSummary, run_loop, save_config};
+use crate::engine::{
+    LoopSpec, Net, Objective, RunOptions, RunSummary, run_loop, save_config, seeded,
+};
 use crate::{Error, Result};
 
 /// Pretrains a network as `config` says, writing everything into
@@ -91,9 +93,10 @@ pub fn pretrain(config: &PretrainConfig, options: &RunOptions) -> Result<RunSumm
         );
     }
 
-    tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
-    let model = SegmentationModel::new(&vs.root(), &config.model)?;
+    let model = seeded(config.seed as i64, || {
+        SegmentationModel::new(&vs.root(), &config.model)
+    })?;
     let train = Arc::new(RestorationSource {
         cubes: train_cubes,
         transforms: config.transforms,
