@@ -19,9 +19,8 @@
 //! own `build.rs`:
 //!
 //! ```no_run
-//! fn main() {
-//!     genesis_build::link_libtorch();
-//! }
+//! // build.rs
+//! genesis_build::link_libtorch();
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -95,9 +94,8 @@ mod tests {
         let lines = directives(&dir);
         let canonical = dir.canonicalize().expect("temp dir exists");
         assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("cargo:rustc-link-arg=") && l.ends_with(&*canonical.to_string_lossy())),
+            lines.iter().any(|l| l.starts_with("cargo:rustc-link-arg=")
+                && l.ends_with(&*canonical.to_string_lossy())),
             "{lines:?}"
         );
     }
@@ -110,8 +108,10 @@ mod tests {
         std::fs::write(dir.join("libtorch_cuda.so"), b"").expect("write fake lib");
         let lines = directives(&dir);
         assert!(
-            lines.iter().any(|l| l.starts_with("cargo:rustc-link-arg=-Wl,--no-as-needed,")
-                && l.ends_with(",-ltorch_cuda,--as-needed")),
+            lines.iter().any(
+                |l| l.starts_with("cargo:rustc-link-arg=-Wl,--no-as-needed,")
+                    && l.ends_with(",-ltorch_cuda,--as-needed")
+            ),
             "{lines:?}"
         );
         std::fs::remove_dir_all(&dir).expect("clean up");
