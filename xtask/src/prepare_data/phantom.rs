@@ -430,14 +430,14 @@ impl Anatomy {
             cy: 0.0,
             body_a,
             body_b,
-            fat: rng.gen_range(8.0..20.0),
-            muscle: rng.gen_range(9.0..14.0),
+            fat: rng.gen_range(6.0..16.0),
+            muscle: rng.gen_range(7.0..11.0),
             lung_base,
             lung_height,
             lung_cx: body_a * rng.gen_range(0.45..0.48),
             lung_cy: body_b * 0.06,
-            lung_ax: body_a * rng.gen_range(0.35..0.37),
-            lung_ay: body_b * rng.gen_range(0.72..0.78),
+            lung_ax: body_a * rng.gen_range(0.39..0.42),
+            lung_ay: body_b * rng.gen_range(0.8..0.86),
             dome: lung_height * rng.gen_range(0.18..0.24),
             heart_c: [
                 body_a * 0.12,
@@ -494,7 +494,7 @@ impl Anatomy {
             return false;
         }
         let (depth, r2) = self.body_depth(px, py);
-        if r2 >= 1.0 || depth < self.fat + self.muscle + 14.0 {
+        if r2 >= 1.0 || depth < self.fat + self.muscle + 11.0 {
             return false;
         }
         let side = if px < 0.0 { -1.0 } else { 1.0 };
@@ -703,7 +703,7 @@ impl Anatomy {
         ];
         let mut stack: Vec<([f64; 3], [f64; 3], f64, u32)> = trunks
             .iter()
-            .map(|d| (hilum, normalize(*d), 5.5, 0))
+            .map(|d| (hilum, normalize(*d), 4.5, 0))
             .collect();
         let mut budget = 8000;
         while let Some((start, dir, radius, depth)) = stack.pop() {
@@ -738,7 +738,7 @@ impl Anatomy {
                 lung_only: true,
                 vessel: true,
             });
-            if radius > 1.1 {
+            if radius > 1.1 && radius < 3.5 {
                 // A bronchus alongside: wall, then lumen.
                 let offset = scale(normalize(cross(dir, [0.0, 0.0, 1.0])), radius * 1.9);
                 let (ba, bb) = (add(start, offset), add(end, offset));
