@@ -14,7 +14,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Models Genesis project automation", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Models Genesis project automation",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -41,7 +45,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
-        Task::Setup(args) => setup::run(&args).map(|_| ()),
+        Task::Setup(args) => setup::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Quickstart(args) => quickstart::run(&args),
         Task::PrepareData(args) => prepare_data::run(&args),

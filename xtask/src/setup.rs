@@ -29,17 +29,6 @@ pub struct SetupArgs {
     pub force: bool,
 }
 
-/// Where the libtorch that cargo will use comes from.
-#[derive(Debug)]
-pub enum Libtorch {
-    /// The user's own `LIBTORCH` directory.
-    UserDir(PathBuf),
-    /// The user's own PyTorch, found through `python` (LIBTORCH_USE_PYTORCH).
-    UserPython,
-    /// The project's managed install behind `.libtorch`.
-    Managed(PathBuf),
-}
-
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -49,19 +38,19 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Sets libtorch up if needed, with default options (used by other tasks).
-pub fn ensure_libtorch() -> Result<Libtorch> {
+pub fn ensure_libtorch() -> Result<()> {
     run(&SetupArgs::default())
 }
 
 /// Runs `cargo xtask setup`.
-pub fn run(args: &SetupArgs) -> Result<Libtorch> {
+pub fn run(args: &SetupArgs) -> Result<()> {
     let root = workspace_root();
     let managed_link = root.join(".libtorch");
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         eprintln!(
             "setup: LIBTORCH_USE_PYTORCH is set: torch-sys will use the PyTorch of the `python` on PATH; installing nothing"
         );
-        return Ok(Libtorch::UserPython);
+        return Ok(());
     }
     if let Some(dir) = std::env::var_os("LIBTORCH").map(PathBuf::from) {
         let ours = dir == managed_link || dir == Path::new(".libtorch");
@@ -72,21 +61,29 @@ pub fn run(args: &SetupArgs) -> Result<Libtorch> {
                     dir.display()
                 );
             }
-            eprintln!("setup: using your libtorch at LIBTORCH={}; installing nothing", dir.display());
-            return Ok(Libtorch::UserDir(dir));
+            eprintln!(
+                "setup: using your libtorch at LIBTORCH={}; installing nothing",
+                dir.display()
+            );
+            return Ok(());
         }
     }
     if !args.force
         && let Some(version) = managed_version(&managed_link)
     {
         if version == TORCH_VERSION {
-            eprintln!("setup: libtorch {TORCH_VERSION} ready at {}", managed_link.display());
-            return Ok(Libtorch::Managed(managed_link));
+            eprintln!(
+                "setup: libtorch {TORCH_VERSION} ready at {}",
+                managed_link.display()
+            );
+            return Ok(());
         }
-        eprintln!("setup: {} holds libtorch {version}, need {TORCH_VERSION}; reinstalling", managed_link.display());
+        eprintln!(
+            "setup: {} holds libtorch {version}, need {TORCH_VERSION}; reinstalling",
+            managed_link.display()
+        );
     }
-    install(&root, args)?;
-    Ok(Libtorch::Managed(managed_link))
+    install(&root, args)
 }
 
 fn has_libtorch(dir: &Path) -> bool {
@@ -139,9 +136,19 @@ fn install(root: &Path, args: &SetupArgs) -> Result<()> {
             );
         }
     }
-    eprintln!("setup: installing torch=={TORCH_VERSION} from PyPI into {} (about 4.7 GB, a minute or more)", venv.display());
+    eprintln!(
+        "setup: installing torch=={TORCH_VERSION} from PyPI into {} (about 4.7 GB, a minute or more)",
+        venv.display()
+    );
     let status = Command::new(&venv_python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+        ])
         .arg(format!("torch=={TORCH_VERSION}"))
         .status()
         .with_context(|| format!("cannot run {}", venv_python.display()))?;
@@ -150,10 +157,16 @@ fn install(root: &Path, args: &SetupArgs) -> Result<()> {
     }
     let torch_dir = torch_dir(&venv_python)?;
     if !has_libtorch(&torch_dir) {
-        bail!("the torch wheel at {} has no lib/libtorch_cpu.so", torch_dir.display());
+        bail!(
+            "the torch wheel at {} has no lib/libtorch_cpu.so",
+            torch_dir.display()
+        );
     }
     link_managed(&root.join(".libtorch"), &torch_dir)?;
-    eprintln!("setup: libtorch {TORCH_VERSION} ready: .libtorch -> {}", torch_dir.display());
+    eprintln!(
+        "setup: libtorch {TORCH_VERSION} ready: .libtorch -> {}",
+        torch_dir.display()
+    );
     Ok(())
 }
 
@@ -173,7 +186,9 @@ fn torch_dir(venv_python: &Path) -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim(),
+    ))
 }
 
 /// Points `link` at `target`, replacing an older link, via a temporary name and rename.
@@ -207,7 +222,10 @@ mod tests {
     fn version_py_is_parsed_without_local_part() {
         let text = "from typing import Optional\n__version__ = '2.13.0+cu130'\ndebug = False\n";
         assert_eq!(parse_version_py(text).as_deref(), Some("2.13.0"));
-        assert_eq!(parse_version_py("__version__ = \"2.12.1\"").as_deref(), Some("2.12.1"));
+        assert_eq!(
+            parse_version_py("__version__ = \"2.12.1\"").as_deref(),
+            Some("2.12.1")
+        );
         assert_eq!(parse_version_py("nothing here"), None);
     }
 

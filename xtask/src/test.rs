@@ -18,7 +18,14 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> Result<()> {
     ensure_libtorch()?;
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     let mut test = vec!["test", "--workspace"];
     if !args.test_args.is_empty() {
         test.push("--");
