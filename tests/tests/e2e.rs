@@ -7,6 +7,9 @@
 //! One test function: libtorch's thread count is process-wide and the exact
 //! resume check wants a single thread.
 
+// The helpers below are test code too: a failed unwrap there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
