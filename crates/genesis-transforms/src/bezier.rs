@@ -54,6 +54,9 @@ pub struct BezierMap {
     lut: Box<[[f32; 2]; LUT_CELLS]>,
     /// Node values while building (kept to avoid reallocating).
     nodes: Vec<f64>,
+    /// Per cell on the exact path: sample indices `[lo, hi]` with x(lo) at or below the
+    /// cell's left edge and x(hi) above its right edge, which narrow the exact search.
+    brackets: Vec<[u32; 2]>,
 }
 
 impl std::fmt::Debug for BezierMap {
@@ -69,6 +72,20 @@ impl std::fmt::Debug for BezierMap {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// The table cell of `value` and the fraction across it; NaN lands in cell 0 with a NaN
+/// fraction. Equal to `((t as i32).clamp(0, LUT_CELLS - 1), t - cell)` with
+/// `t = value.clamp(0, 1) * LUT_CELLS`, written so that the conversion vectorizes (a
+/// saturating `as` cast makes the compiler check every lane one by one).
+#[inline(always)]
+fn lut_position(value: f32) -> (usize, f32) {
+    let t = value.clamp(0.0, 1.0) * LUT_CELLS as f32;
+    // NaN fails the comparison and becomes 0, so `bounded` is finite and in [0, 4095].
+    let bounded = if t >= 0.0 { t } else { 0.0 }.min((LUT_CELLS - 1) as f32);
+    // SAFETY: `bounded` is finite and within i32's range (see above).
+    let cell = unsafe { bounded.to_int_unchecked::<i32>() } as usize & (LUT_CELLS - 1);
+    (cell, t - cell as f32)
 }
 
 fn check_point(field: &'static str, p: [f64; 2]) -> Result<()> {
@@ -103,6 +120,7 @@ impl BezierMap {
             y_coef: [1.0, 0.0, 0.0],
             lut: Box::new([[0.0; 2]; LUT_CELLS]),
             nodes: vec![0.0; LUT_CELLS + 1],
+            brackets: vec![[0, 0]; LUT_CELLS],
         };
         map.build_table();
         map
@@ -179,6 +197,19 @@ impl BezierMap {
     /// The exact map: piecewise-linear interpolation through the `n_samples` sorted
     /// samples, clamped at the ends (`np.interp`). About 20 cubic evaluations per call.
     pub fn exact(&self, value: f64) -> f64 {
+        self.exact_between(value, 0, self.n_samples as usize - 1)
+    }
+
+    /// [`BezierMap::exact`] for a value of table cell `cell`, searching only between
+    /// that cell's brackets.
+    fn exact_in_cell(&self, value: f64, cell: usize) -> f64 {
+        let [lo, hi] = self.brackets[cell];
+        self.exact_between(value, lo as usize, hi as usize)
+    }
+
+    /// The exact map, given sample indices `lo < hi` expected to bracket `value`
+    /// (checked; the whole range is searched otherwise).
+    fn exact_between(&self, value: f64, lo: usize, hi: usize) -> f64 {
         if value.is_nan() {
             return f64::NAN;
         }
@@ -190,8 +221,23 @@ impl BezierMap {
         if value >= self.x_at(sample(last)) {
             return self.paired_y(sample(last));
         }
-        // Invariant: x(lo) <= value < x(hi).
-        let (mut lo, mut hi) = (0usize, last);
+        let bracketed = lo < hi
+            && hi <= last
+            && self.x_at(sample(lo)) <= value
+            && value < self.x_at(sample(hi));
+        let (lo, hi) = if bracketed { (lo, hi) } else { (0, last) };
+        let lo = self.search(value, lo, hi);
+        let hi = lo + 1;
+        let (x_lo, x_hi) = (self.x_at(sample(lo)), self.x_at(sample(hi)));
+        let (y_lo, y_hi) = (self.paired_y(sample(lo)), self.paired_y(sample(hi)));
+        y_lo + (y_hi - y_lo) * (value - x_lo) / (x_hi - x_lo)
+    }
+
+    /// Binary search for `lo` with x(lo) <= value < x(lo + 1), given x(lo) <= value <
+    /// x(hi) on entry.
+    fn search(&self, value: f64, mut lo: usize, mut hi: usize) -> usize {
+        let last = self.n_samples as usize - 1;
+        let sample = |j: usize| j as f64 / last as f64;
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
             if self.x_at(sample(mid)) <= value {
@@ -200,9 +246,32 @@ impl BezierMap {
                 hi = mid;
             }
         }
-        let (x_lo, x_hi) = (self.x_at(sample(lo)), self.x_at(sample(hi)));
-        let (y_lo, y_hi) = (self.paired_y(sample(lo)), self.paired_y(sample(hi)));
-        y_lo + (y_hi - y_lo) * (value - x_lo) / (x_hi - x_lo)
+        lo
+    }
+
+    /// Sample indices bracketing table cell `cell` for [`BezierMap::exact_in_cell`].
+    fn cell_bracket(&self, cell: usize) -> [u32; 2] {
+        let last = self.n_samples as usize - 1;
+        let (left, right) = (
+            cell as f64 / LUT_CELLS as f64,
+            (cell + 1) as f64 / LUT_CELLS as f64,
+        );
+        let x_last = self.x_at(1.0);
+        let lo = if left >= x_last {
+            last
+        } else if left < self.x_at(0.0) {
+            0
+        } else {
+            self.search(left, 0, last)
+        };
+        let hi = if right >= x_last {
+            last
+        } else if right < self.x_at(0.0) {
+            0
+        } else {
+            self.search(right, 0, last) + 1
+        };
+        [lo as u32, hi as u32]
     }
 
     fn build_table(&mut self) {
@@ -249,6 +318,11 @@ impl BezierMap {
             *entry = [nodes[cell] as f32, rise];
         }
         self.nodes = nodes;
+        for cell in 0..LUT_CELLS {
+            if self.lut[cell][1].is_nan() {
+                self.brackets[cell] = self.cell_bracket(cell);
+            }
+        }
     }
 
     /// Maps one value (within 1e-4 of [`BezierMap::exact`]).
@@ -267,32 +341,56 @@ impl BezierMap {
     }
 
     /// Maps every value in place.
+    ///
+    /// On x86_64 CPUs with AVX-512 the same loop is compiled a second time with
+    /// AVX-512F enabled, where the compiler turns the table lookups into vector gathers
+    /// (it does not for AVX2). The arithmetic is the same (Rust never fuses a multiply
+    /// and an add on its own), so results are bit-identical on every CPU; a test
+    /// compares both paths.
     pub fn apply_slice(&self, values: &mut [f32]) {
-        // Cell indices and fractions for a chunk in a loop the compiler vectorizes, then
-        // the table lookups; cells marked for the exact path are patched afterwards.
-        const CHUNK: usize = 256;
-        let mut cells = [0u32; CHUNK];
-        let mut fracs = [0f32; CHUNK];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: `apply_slice_avx512` only requires AVX-512F, detected just above.
+            unsafe { self.apply_slice_avx512(values) };
+            return;
+        }
+        self.apply_slice_portable(values);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn apply_slice_avx512(&self, values: &mut [f32]) {
+        self.apply_slice_portable(values);
+    }
+
+    /// One pass over each chunk that the compiler vectorizes (clamp, scale, truncate,
+    /// look up, multiply-add; no branch per voxel). Cells marked for the exact path
+    /// (NaN rise) and NaN inputs give NaN; those voxels are patched afterwards from a
+    /// copy of the chunk's input, which almost every chunk skips.
+    #[inline(always)]
+    fn apply_slice_portable(&self, values: &mut [f32]) {
+        const CHUNK: usize = 64;
+        let lut: &[[f32; 2]; LUT_CELLS] = &self.lut;
+        let mut input = [0f32; CHUNK];
         for chunk in values.chunks_mut(CHUNK) {
-            let n = chunk.len();
-            for ((cell, frac), &v) in cells.iter_mut().zip(fracs.iter_mut()).zip(chunk.iter()) {
-                let t = v.clamp(0.0, 1.0) * LUT_CELLS as f32;
-                let c = (t as i32).clamp(0, LUT_CELLS as i32 - 1);
-                *cell = c as u32;
-                *frac = t - c as f32;
-            }
+            let input = &mut input[..chunk.len()];
+            input.copy_from_slice(chunk);
             let mut any_nan = false;
-            for ((v, &cell), &frac) in chunk.iter_mut().zip(&cells[..n]).zip(&fracs[..n]) {
-                let [base, rise] = self.lut[cell as usize % LUT_CELLS];
+            for (v, &x) in chunk.iter_mut().zip(input.iter()) {
+                let (cell, frac) = lut_position(x);
+                let [base, rise] = lut[cell];
                 let out = base + rise * frac;
                 any_nan |= out.is_nan();
-                // Keep the input where the table has no answer; patched below.
-                *v = if out.is_nan() { *v } else { out };
+                *v = out;
             }
             if any_nan {
-                for (v, &cell) in chunk.iter_mut().zip(&cells[..n]) {
-                    if self.lut[cell as usize % LUT_CELLS][1].is_nan() || v.is_nan() {
-                        *v = self.exact(f64::from(*v)) as f32;
+                for (v, &x) in chunk.iter_mut().zip(input.iter()) {
+                    if v.is_nan() {
+                        *v = if (0.0..1.0).contains(&x) {
+                            self.exact_in_cell(f64::from(x), lut_position(x).0)
+                        } else {
+                            self.exact(f64::from(x))
+                        } as f32;
                     }
                 }
             }
@@ -508,5 +606,38 @@ mod tests {
         let err = BezierMap::new([1.5, 0.0], [0.5, 0.5], false, 100).unwrap_err();
         assert!(err.to_string().contains("p1"), "{err}");
         assert!(BezierMap::new([0.5, 0.5], [0.5, 0.5], false, 1).is_err());
+    }
+
+    #[test]
+    fn every_apply_path_gives_the_same_bits_as_the_scalar_map() {
+        // The dispatched (possibly AVX-512) slice path, the portable slice path and the
+        // per-value `apply` agree bit for bit, including edges, NaN and infinities, and
+        // cells on the exact path (whose narrowed search must match the full one).
+        let mut rng = cube_rng(3, 0, 0);
+        let mut values: Vec<f32> = (0..=4096).map(|k| k as f32 / 4096.0).collect();
+        values.extend((0..20_000).map(|_| rng.uniform() as f32));
+        values.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, -0.5, 1.5]);
+        let mut exact_cells = 0;
+        for _ in 0..40 {
+            let map = BezierMap::random(&NonLinearConfig::default(), &mut rng).unwrap();
+            exact_cells += map.lut.iter().filter(|c| c[1].is_nan()).count();
+            let mut dispatched = values.clone();
+            map.apply_slice(&mut dispatched);
+            let mut portable = values.clone();
+            map.apply_slice_portable(&mut portable);
+            for ((&v, &d), &p) in values.iter().zip(&dispatched).zip(&portable) {
+                let scalar = map.apply(v);
+                assert_eq!(d.to_bits(), p.to_bits(), "{v}");
+                assert_eq!(d.to_bits(), scalar.to_bits(), "{v}");
+                if (0.0..1.0).contains(&v) {
+                    let full = map.exact(f64::from(v)) as f32;
+                    let cell = lut_position(v).0;
+                    if map.lut[cell][1].is_nan() {
+                        assert_eq!(d.to_bits(), full.to_bits(), "{v}");
+                    }
+                }
+            }
+        }
+        assert!(exact_cells > 0, "no map exercised the exact path");
     }
 }
