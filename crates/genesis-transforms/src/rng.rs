@@ -142,14 +142,16 @@ impl CubeRng {
     /// per 64-bit draw), the counterpart of `np.random.rand`.
     pub(crate) fn fill_uniform_f32(&mut self, out: &mut [f32]) {
         const SCALE: f32 = 1.0 / (1u32 << 24) as f32;
+        // The 24-bit integers go through i32, whose conversion to f32 is one instruction
+        // (from u64 it is a branchy sequence); both are exact, so the values are the same.
         let mut pairs = out.chunks_exact_mut(2);
         for pair in &mut pairs {
             let r = self.next();
-            pair[0] = (r >> 40) as f32 * SCALE;
-            pair[1] = ((r >> 8) & 0xff_ffff) as f32 * SCALE;
+            pair[0] = (r >> 40) as i32 as f32 * SCALE;
+            pair[1] = ((r >> 8) & 0xff_ffff) as i32 as f32 * SCALE;
         }
         if let [last] = pairs.into_remainder() {
-            *last = (self.next() >> 40) as f32 * SCALE;
+            *last = (self.next() >> 40) as i32 as f32 * SCALE;
         }
     }
 }
