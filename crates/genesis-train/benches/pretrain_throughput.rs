@@ -11,7 +11,7 @@
 //! ```text
 //! cargo bench -p genesis-train --bench pretrain_throughput -- --measurement-time 5 --warm-up-time 1 --sample-size 10
 //! ```
-//! `GENESIS_BENCH_WIDTH` (default 32) and `GENESIS_BENCH_STEPS` (default 6,
+//! `GENESIS_BENCH_WIDTH` (default 32) and `GENESIS_BENCH_STEPS` (default 4,
 //! steps of the whole-loop run) make it shorter; `GENESIS_BENCH_DEVICE`
 //! (default cpu) selects the device.
 
@@ -126,7 +126,7 @@ fn benches(c: &mut Criterion) {
 /// One short epoch of the real loop: throughput and data-wait share.
 fn whole_loop() {
     let width = env_usize("GENESIS_BENCH_WIDTH", 32) as i64;
-    let steps = env_usize("GENESIS_BENCH_STEPS", 6);
+    let steps = env_usize("GENESIS_BENCH_STEPS", 4);
     let dir = tempfile::tempdir().expect("temp dir");
     write_stack(&dir.path().join("bat_32_s_64x64x32_0.npy"), steps * BATCH);
     write_stack(&dir.path().join("bat_32_s_64x64x32_5.npy"), BATCH);
