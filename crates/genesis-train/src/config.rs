@@ -643,4 +643,28 @@ mod tests {
         let back: FinetuneConfig = toml::from_str(&to_toml(&f).unwrap()).unwrap();
         assert_eq!(back.init, f.init);
     }
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        let paper: PretrainConfig =
+            toml::from_str(include_str!("../configs/pretrain_paper.toml")).unwrap();
+        assert_eq!(
+            paper,
+            PretrainConfig {
+                run_dir: "runs/pretrain_paper".into(),
+                ..PretrainConfig::paper()
+            }
+        );
+        let small: PretrainConfig =
+            toml::from_str(include_str!("../configs/pretrain_cpu_small.toml")).unwrap();
+        small.validate().unwrap();
+        for text in [
+            include_str!("../configs/finetune_ncs.toml"),
+            include_str!("../configs/finetune_ncc.toml"),
+        ] {
+            let f: FinetuneConfig = toml::from_str(text).unwrap();
+            f.validate().unwrap();
+            assert_eq!(f.optimizer.kind, OptimizerKind::Adam);
+        }
+    }
 }
