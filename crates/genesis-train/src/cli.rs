@@ -10,11 +10,11 @@ use genesis_models::{Arch, ModelConfig};
 use genesis_transforms::{TransformConfig, TransformVariant};
 
 use crate::config::{
-    FinetuneConfig, Init, OptimizerConfig, OptimizerKind, PretrainConfig, SegmentationLoss, Task,
-    load_toml, parse_folds, set_field,
+    FinetuneConfig, Init, IntensityWindow, OptimizerConfig, OptimizerKind, PretrainConfig,
+    SegmentationLoss, Task, load_toml, parse_cube_shape, parse_folds, set_field,
 };
 use crate::engine::{RunOptions, TrainControl};
-use crate::finetune::{EvaluateConfig, evaluate, finetune, model_config_near};
+use crate::finetune::{EvaluateConfig, evaluate, finetune, model_config_near, saved_field};
 use crate::predict::{PredictConfig, predict};
 use crate::pretrain::pretrain;
 use crate::{Error, Result};
@@ -34,6 +34,18 @@ pub enum Command {
     /// Self-supervised pretraining: restore transformed cubes (MSE).
     Pretrain(PretrainArgs),
     /// Fine-tune on a target task (segmentation or classification).
+    ///
+    /// The task directory holds each split (train, valid; test for evaluate)
+    /// as `.npy` cube stacks: x_{split}_RxCxD.npy with m_{split}_RxCxD.npy
+    /// (segmentation) or y_{split}.npy / y_{split}.csv (classification).
+    /// Segmentation also reads volume folders when a split has no x_ stack:
+    /// {split}/images/ and {split}/labels/ (or nnU-Net's imagesTr/ + labelsTr/
+    /// for train, imagesTs/ + labelsTs/ for test), holding .nii, .nii.gz, .mhd,
+    /// .mha or .nrrd files paired by name (case.nii.gz, or case_0000.nii.gz,
+    /// with labels/case.nii.gz). Images are windowed (--window), labels
+    /// binarised (any value > 0 is foreground), and each volume tiled into
+    /// --cube-shape cubes: all cubes with foreground, plus as many background
+    /// cubes drawn from the seed.
     Finetune(FinetuneArgs),
     /// Evaluate weights on a split of a target task; prints and writes metrics JSON.
     Evaluate(EvaluateArgs),
@@ -145,7 +157,8 @@ pub struct FinetuneArgs {
     /// segmentation or classification.
     #[arg(long)]
     pub task: Option<Task>,
-    /// Task directory with x_{split}_*.npy and m_{split}_*.npy (or y_{split}.npy / .csv).
+    /// Task directory with x_{split}_*.npy and m_{split}_*.npy (or y_{split}.npy / .csv),
+    /// or segmentation volume folders {split}/images/ + {split}/labels/ (see `finetune --help`).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// scratch, or genesis:PATH (whole network for segmentation, encoder for classification).
@@ -157,6 +170,13 @@ pub struct FinetuneArgs {
     /// Probability threshold of the Dice metric.
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// Cubes volume folders are tiled into, rows,cols,deps (default 64,64,32; .npy stacks keep theirs).
+    #[arg(long, value_name = "R,C,D")]
+    pub cube_shape: Option<String>,
+    /// Intensity window of volume-folder images: ct ([-1000, 1000] HU, default), mri ([0, 4000]),
+    /// none (already in [0, 1]) or LOWER,UPPER.
+    #[arg(long, allow_hyphen_values = true, value_name = "WINDOW")]
+    pub window: Option<IntensityWindow>,
     /// Flags shared with pretraining.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -168,7 +188,7 @@ pub struct EvaluateArgs {
     /// segmentation or classification.
     #[arg(long, default_value = "segmentation")]
     pub task: Task,
-    /// Task directory.
+    /// Task directory: .npy stacks or volume folders, as for `finetune`.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// Weights to evaluate.
@@ -192,6 +212,17 @@ pub struct EvaluateArgs {
     /// Probability threshold of Dice and IoU.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
+    /// Cube shape of volume folders (default: from the config.toml next to the weights, else 64,64,32).
+    #[arg(long, value_name = "R,C,D")]
+    pub cube_shape: Option<String>,
+    /// Window of volume-folder images: ct, mri, none or LOWER,UPPER (default: from the config.toml
+    /// next to the weights, else ct).
+    #[arg(long, allow_hyphen_values = true, value_name = "WINDOW")]
+    pub window: Option<IntensityWindow>,
+    /// Seed of the background-cube draw of volume folders (default: from the config.toml next to
+    /// the weights, else 1).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -393,6 +424,10 @@ pub fn resolve_finetune(args: &FinetuneArgs) -> Result<(FinetuneConfig, RunOptio
     set(&mut config.init, args.init.clone());
     set(&mut config.loss, args.loss);
     set(&mut config.threshold, args.threshold);
+    if let Some(shape) = &args.cube_shape {
+        config.cube_shape = parse_cube_shape(shape)?;
+    }
+    set(&mut config.window, args.window);
     set(&mut config.run_dir, c.resume.clone());
     set(&mut config.run_dir, c.run_dir.clone());
     set(&mut config.batch_size, c.batch_size);
@@ -454,6 +489,19 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Evaluate(args) => {
             configure_threads(args.threads);
+            let defaults = EvaluateConfig::default();
+            let cube_shape = match &args.cube_shape {
+                Some(shape) => parse_cube_shape(shape)?,
+                None => saved_field(&args.weights, "cube_shape")?.unwrap_or(defaults.cube_shape),
+            };
+            let window = match args.window {
+                Some(window) => window,
+                None => saved_field(&args.weights, "window")?.unwrap_or(defaults.window),
+            };
+            let seed = match args.seed {
+                Some(seed) => seed,
+                None => saved_field(&args.weights, "seed")?.unwrap_or(defaults.seed),
+            };
             let config = EvaluateConfig {
                 task: args.task,
                 model: model_for(&args.weights, args.arch, args.base_width)?,
@@ -464,7 +512,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 threshold: args.threshold,
                 device: args.device,
                 output: args.output,
-                ..EvaluateConfig::default()
+                cube_shape,
+                window,
+                seed,
+                ..defaults
             };
             let metrics = evaluate(&config)?;
             let json = serde_json::to_string_pretty(&metrics)
@@ -602,6 +653,50 @@ mod tests {
         );
         assert_eq!(c.optimizer.kind, OptimizerKind::Adam);
         assert_eq!(c.model.base_width, 8);
+        assert_eq!(c.cube_shape, [64, 64, 32]);
+        assert_eq!(c.window, IntensityWindow::Ct);
+        let cli = parse(&[
+            "finetune",
+            "--cube-shape",
+            "32x32x16",
+            "--window",
+            "-160,240",
+            "--set",
+            "seed=3",
+        ]);
+        let Command::Finetune(args) = cli.command else {
+            panic!("not finetune")
+        };
+        let (c, _) = resolve_finetune(&args).unwrap();
+        assert_eq!(c.cube_shape, [32, 32, 16]);
+        assert_eq!(
+            c.window.hu_window(),
+            genesis_io::HuWindow::new(-160.0, 240.0)
+        );
+        assert_eq!(c.seed, 3);
+        let cli = parse(&[
+            "finetune",
+            "--set",
+            "cube_shape=[16, 16, 8]",
+            "--set",
+            "window=mri",
+        ]);
+        let Command::Finetune(args) = cli.command else {
+            panic!("not finetune")
+        };
+        let (c, _) = resolve_finetune(&args).unwrap();
+        assert_eq!(
+            (c.cube_shape, c.window),
+            ([16, 16, 8], IntensityWindow::Mri)
+        );
+        for bad in [["--cube-shape", "64,64"], ["--cube-shape", "60,64,32"]] {
+            let cli = parse(&["finetune", bad[0], bad[1]]);
+            let Command::Finetune(args) = cli.command else {
+                panic!("not finetune")
+            };
+            assert!(resolve_finetune(&args).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["genesis-train", "finetune", "--window", "bone"]).is_err());
         let cli = parse(&[
             "evaluate",
             "--task",

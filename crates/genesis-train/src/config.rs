@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use genesis_io::HuWindow;
 use genesis_models::ModelConfig;
 use genesis_transforms::TransformConfig;
 use serde::de::DeserializeOwned;
@@ -352,6 +353,116 @@ impl std::fmt::Display for Init {
     }
 }
 
+/// How the images of volume folders are mapped to [0, 1] before tiling.
+///
+/// Written in TOML and on the command line as `ct`, `mri`, `none` or
+/// `LOWER,UPPER`. `.npy` stacks are taken as they are (already normalised).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum IntensityWindow {
+    /// The paper's CT window, [-1000, 1000] HU ([`HuWindow::CT`]).
+    Ct,
+    /// The original code's MRI window, [0, 4000] ([`HuWindow::MRI`]).
+    Mri,
+    /// No windowing: the images must already hold values in [0, 1].
+    None,
+    /// Any other window.
+    Custom(HuWindow),
+}
+
+impl IntensityWindow {
+    /// The window to apply, `None` for [`IntensityWindow::None`].
+    pub fn hu_window(self) -> Option<HuWindow> {
+        match self {
+            IntensityWindow::Ct => Some(HuWindow::CT),
+            IntensityWindow::Mri => Some(HuWindow::MRI),
+            IntensityWindow::None => None,
+            IntensityWindow::Custom(window) => Some(window),
+        }
+    }
+}
+
+impl std::str::FromStr for IntensityWindow {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Config(format!(
+                "unknown window `{s}`: expected ct, mri, none or LOWER,UPPER (e.g. -160,240)"
+            ))
+        };
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ct" => Ok(Self::Ct),
+            "mri" => Ok(Self::Mri),
+            "none" => Ok(Self::None),
+            other => {
+                let (lower, upper) = other.split_once(',').ok_or_else(bad)?;
+                let lower: f32 = lower.trim().parse().map_err(|_| bad())?;
+                let upper: f32 = upper.trim().parse().map_err(|_| bad())?;
+                HuWindow::new(lower, upper)
+                    .map(Self::Custom)
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "window `{s}`: the lower bound must be below the upper one"
+                        ))
+                    })
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for IntensityWindow {
+    type Error = Error;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<IntensityWindow> for String {
+    fn from(window: IntensityWindow) -> String {
+        window.to_string()
+    }
+}
+
+impl std::fmt::Display for IntensityWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntensityWindow::Ct => f.write_str("ct"),
+            IntensityWindow::Mri => f.write_str("mri"),
+            IntensityWindow::None => f.write_str("none"),
+            IntensityWindow::Custom(w) => write!(f, "{},{}", w.lower, w.upper),
+        }
+    }
+}
+
+/// Parses a cube shape such as `64,64,32` or `64x64x32`.
+pub(crate) fn parse_cube_shape(s: &str) -> Result<[usize; 3]> {
+    let bad = || Error::Config(format!("bad cube shape `{s}`: expected e.g. 64,64,32"));
+    let sides: Vec<usize> = s
+        .split([',', 'x'])
+        .map(|p| p.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let shape = <[usize; 3]>::try_from(sides).map_err(|_| bad())?;
+    if shape.contains(&0) {
+        return Err(bad());
+    }
+    Ok(shape)
+}
+
+/// Checks a configured cube shape fits the network (each side a positive
+/// multiple of its spatial multiple).
+pub(crate) fn check_configured_cube_shape(shape: [usize; 3], model: &ModelConfig) -> Result<()> {
+    let multiple = model.spatial_multiple() as usize;
+    if shape.iter().any(|&side| side == 0 || side % multiple != 0) {
+        return Err(Error::Config(format!(
+            "cube_shape {shape:?} does not fit the network: each side must be a positive multiple of {multiple}"
+        )));
+    }
+    Ok(())
+}
+
 /// Fine-tuning on a target task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -359,7 +470,9 @@ pub struct FinetuneConfig {
     /// Segmentation or classification.
     pub task: Task,
     /// Directory with `x_{split}_{r}x{c}x{d}.npy` and `m_{split}_…npy` (segmentation) or
-    /// `y_{split}.npy` / `y_{split}.csv` (classification).
+    /// `y_{split}.npy` / `y_{split}.csv` (classification). Segmentation also
+    /// reads volume folders `{split}/images/` + `{split}/labels/` (or nnU-Net's
+    /// `imagesTr`/`labelsTr`, `imagesTs`/`labelsTs`) when there is no `x_{split}` stack.
     pub data: PathBuf,
     /// Output directory.
     pub run_dir: PathBuf,
@@ -387,6 +500,13 @@ pub struct FinetuneConfig {
     pub model: ModelConfig,
     /// Optimiser and schedule.
     pub optimizer: OptimizerConfig,
+    /// Cubes (rows, cols, deps along the volume's x, y, z) that volume folders
+    /// are tiled into; `.npy` stacks keep their own shape. Each side must be a
+    /// multiple of the network's (8 for the U-Net, 16 for the V-Net).
+    pub cube_shape: [usize; 3],
+    /// Intensity window of volume-folder images: `ct` (default), `mri`,
+    /// `none` or `LOWER,UPPER`.
+    pub window: IntensityWindow,
 }
 
 impl Default for FinetuneConfig {
@@ -414,6 +534,8 @@ impl FinetuneConfig {
             queue_depth: 4,
             model: ModelConfig::default(),
             optimizer: OptimizerConfig::paper_finetune(),
+            cube_shape: [64, 64, 32],
+            window: IntensityWindow::Ct,
         }
     }
 
@@ -433,6 +555,7 @@ impl FinetuneConfig {
             )));
         }
         self.model.validate()?;
+        check_configured_cube_shape(self.cube_shape, &self.model)?;
         self.optimizer.validate()
     }
 }
@@ -642,6 +765,35 @@ mod tests {
         };
         let back: FinetuneConfig = toml::from_str(&to_toml(&f).unwrap()).unwrap();
         assert_eq!(back.init, f.init);
+    }
+
+    #[test]
+    fn windows_and_cube_shapes_parse() {
+        assert_eq!(
+            "CT".parse::<IntensityWindow>().unwrap(),
+            IntensityWindow::Ct
+        );
+        assert_eq!(IntensityWindow::Mri.hu_window(), Some(HuWindow::MRI));
+        assert_eq!(IntensityWindow::None.hu_window(), None);
+        let custom: IntensityWindow = " -160, 240 ".parse().unwrap();
+        assert_eq!(custom.hu_window(), HuWindow::new(-160.0, 240.0));
+        for bad in ["bone", "240,-160", "1,x", "1"] {
+            assert!(bad.parse::<IntensityWindow>().is_err(), "{bad}");
+        }
+        assert_eq!(parse_cube_shape("64x64x32").unwrap(), [64, 64, 32]);
+        assert!(parse_cube_shape("64,0,32").is_err());
+        let f = FinetuneConfig {
+            window: custom,
+            cube_shape: [32, 32, 16],
+            ..FinetuneConfig::paper()
+        };
+        let back: FinetuneConfig = toml::from_str(&to_toml(&f).unwrap()).unwrap();
+        assert_eq!(back, f);
+        let odd = FinetuneConfig {
+            cube_shape: [64, 64, 20],
+            ..FinetuneConfig::paper()
+        };
+        assert!(odd.validate().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Data: finding and memory-mapping the `.npy` stacks, turning item indices
-//! into batches, and a background producer that prepares batches ahead of
-//! the model through a bounded queue.
+//! Data: finding and memory-mapping the `.npy` stacks (or tiling volume
+//! folders, see `volumes.rs`), turning item indices into batches, and a
+//! background producer that prepares batches ahead of the model through a
+//! bounded queue.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::volumes::{MemoryCubes, VolumeTiling, find_volume_folders, load_split};
 use crate::{Error, Result};
 
 /// Seed offset of validation pairs, so they differ from every training epoch's
@@ -331,11 +333,51 @@ impl BatchSource for RestorationSource {
     }
 }
 
+/// Equally shaped cubes, memory-mapped from `.npy` stacks or held in memory.
+#[derive(Debug)]
+pub(crate) enum Cubes {
+    /// Items of `.npy` stacks.
+    Stacks(StackSet),
+    /// Cubes tiled from volume folders.
+    Memory(MemoryCubes),
+}
+
+impl Cubes {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Cubes::Stacks(s) => s.len(),
+            Cubes::Memory(m) => m.len(),
+        }
+    }
+
+    pub(crate) fn shape(&self) -> [usize; 3] {
+        match self {
+            Cubes::Stacks(s) => s.shape(),
+            Cubes::Memory(m) => m.shape(),
+        }
+    }
+
+    pub(crate) fn item_len(&self) -> usize {
+        match self {
+            Cubes::Stacks(s) => s.item_len(),
+            Cubes::Memory(m) => m.item_len(),
+        }
+    }
+
+    /// Copies items `indices` into consecutive chunks of `out`.
+    pub(crate) fn read_many(&self, indices: &[usize], out: &mut [f32]) -> Result<()> {
+        match self {
+            Cubes::Stacks(s) => s.read_many(indices, out),
+            Cubes::Memory(m) => m.read_many(indices, out),
+        }
+    }
+}
+
 /// What a target task predicts.
 #[derive(Debug)]
 pub(crate) enum TaskTargets {
     /// Segmentation masks, one per cube.
-    Masks(StackSet),
+    Masks(Cubes),
     /// Class labels, one per cube.
     Labels(Vec<f32>),
 }
@@ -343,18 +385,52 @@ pub(crate) enum TaskTargets {
 /// Fine-tuning and evaluation: cubes with masks or labels, no augmentation.
 #[derive(Debug)]
 pub(crate) struct TaskSource {
-    pub(crate) images: StackSet,
+    pub(crate) images: Cubes,
     pub(crate) targets: TaskTargets,
 }
 
 impl TaskSource {
-    /// Opens split `split` of a task directory.
-    pub(crate) fn open(dir: &Path, split: &str, classification: bool) -> Result<Self> {
+    /// Opens split `split` of a task directory: `.npy` stacks, or for
+    /// segmentation without an `x_{split}` stack, the split's volume folders
+    /// tiled as `tiling` says.
+    pub(crate) fn open(
+        dir: &Path,
+        split: &str,
+        classification: bool,
+        tiling: &VolumeTiling,
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::data(dir, "task data directory not found"));
         }
-        let x = find_split_file(dir, "x", split, "npy")?
-            .ok_or_else(|| Error::data(dir, format!("no x_{split}_<rows>x<cols>x<deps>.npy")))?;
+        let x = match find_split_file(dir, "x", split, "npy")? {
+            Some(x) => x,
+            None if classification => {
+                return Err(Error::data(
+                    dir,
+                    format!("no x_{split}_<rows>x<cols>x<deps>.npy"),
+                ));
+            }
+            None => {
+                let Some((images, labels)) = find_volume_folders(dir, split) else {
+                    let nnunet = match split {
+                        "train" => ", nor imagesTr/ + labelsTr/",
+                        "test" => ", nor imagesTs/ + labelsTs/",
+                        _ => "",
+                    };
+                    return Err(Error::data(
+                        dir,
+                        format!(
+                            "no x_{split}_<rows>x<cols>x<deps>.npy, nor {split}/images/ + {split}/labels/ folders{nnunet}"
+                        ),
+                    ));
+                };
+                let (images, masks) = load_split(&images, &labels, tiling)?;
+                return Ok(Self {
+                    images: Cubes::Memory(images),
+                    targets: TaskTargets::Masks(Cubes::Memory(masks)),
+                });
+            }
+        };
         let images = StackSet::open(std::slice::from_ref(&x))?;
         let targets = if classification {
             let y = match find_split_file(dir, "y", split, "npy")? {
@@ -394,12 +470,15 @@ impl TaskSource {
                     ),
                 ));
             }
-            TaskTargets::Masks(masks)
+            TaskTargets::Masks(Cubes::Stacks(masks))
         };
         if images.len() == 0 {
             return Err(Error::data(&x, "no cubes"));
         }
-        Ok(Self { images, targets })
+        Ok(Self {
+            images: Cubes::Stacks(images),
+            targets,
+        })
     }
 }
 

@@ -8,16 +8,21 @@ use std::sync::Arc;
 use genesis_models::{
     ClassificationModel, InitScope, ModelConfig, SegmentationModel, load_weights,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, nn};
 
-use crate::config::{FinetuneConfig, Init, SegmentationLoss, Task, to_toml};
+use crate::config::{
+    FinetuneConfig, Init, IntensityWindow, SegmentationLoss, Task, check_configured_cube_shape,
+    to_toml,
+};
 use crate::data::{BatchSource, EpochPlan, Producer, TaskSource};
 use crate::engine::{
     LoopSpec, Net, Objective, RunOptions, RunSummary, batch_tensors, run_loop, save_config, seeded,
 };
 use crate::losses::{OverlapCounts, roc_auc};
 use crate::pretrain::check_cube_shape;
+use crate::volumes::VolumeTiling;
 use crate::{Error, Result};
 
 /// Builds the network of `task` under the root of `vs`.
@@ -33,8 +38,13 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions) -> Result<RunSumm
     config.validate()?;
     let device = genesis_models::parse_device(&config.device)?;
     let classification = config.task == Task::Classification;
-    let train = TaskSource::open(&config.data, "train", classification)?;
-    let valid = TaskSource::open(&config.data, "valid", classification)?;
+    let tiling = VolumeTiling {
+        cube_shape: config.cube_shape,
+        window: config.window.hu_window(),
+        seed: config.seed,
+    };
+    let train = TaskSource::open(&config.data, "train", classification, &tiling)?;
+    let valid = TaskSource::open(&config.data, "valid", classification, &tiling)?;
     if train.shape() != valid.shape() {
         return Err(Error::data(
             &config.data,
@@ -123,7 +133,7 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions) -> Result<RunSumm
 pub struct EvaluateConfig {
     /// Segmentation or classification.
     pub task: Task,
-    /// The task directory.
+    /// The task directory (`.npy` stacks or volume folders, as for fine-tuning).
     pub data: PathBuf,
     /// Split: `train`, `valid` or `test`.
     pub split: String,
@@ -141,6 +151,12 @@ pub struct EvaluateConfig {
     pub device: String,
     /// Where to write the metrics JSON (`{split}_metrics.json` next to the weights when unset).
     pub output: Option<PathBuf>,
+    /// Cubes volume folders are tiled into (as [`FinetuneConfig::cube_shape`]).
+    pub cube_shape: [usize; 3],
+    /// Intensity window of volume-folder images (as [`FinetuneConfig::window`]).
+    pub window: IntensityWindow,
+    /// Seed of the background-cube draw of volume folders.
+    pub seed: u64,
 }
 
 impl Default for EvaluateConfig {
@@ -156,6 +172,9 @@ impl Default for EvaluateConfig {
             loss: SegmentationLoss::Dice,
             device: "auto".into(),
             output: None,
+            cube_shape: [64, 64, 32],
+            window: IntensityWindow::Ct,
+            seed: 1,
         }
     }
 }
@@ -194,7 +213,13 @@ pub fn evaluate(config: &EvaluateConfig) -> Result<EvaluationMetrics> {
     }
     let device = genesis_models::parse_device(&config.device)?;
     let classification = config.task == Task::Classification;
-    let source = TaskSource::open(&config.data, &config.split, classification)?;
+    check_configured_cube_shape(config.cube_shape, &config.model)?;
+    let tiling = VolumeTiling {
+        cube_shape: config.cube_shape,
+        window: config.window.hu_window(),
+        seed: config.seed,
+    };
+    let source = TaskSource::open(&config.data, &config.split, classification, &tiling)?;
     check_cube_shape(source.shape(), config.model.spatial_multiple())?;
     let mut vs = nn::VarStore::new(device);
     // Seeded only to keep concurrent runs' draws apart: the weights are loaded next.
@@ -283,6 +308,12 @@ pub fn evaluate(config: &EvaluateConfig) -> Result<EvaluationMetrics> {
 /// The `[model]` table of the `config.toml` next to a weight file (written by
 /// every run), if there is one.
 pub fn model_config_near(weights: &Path) -> Result<Option<ModelConfig>> {
+    saved_field(weights, "model")
+}
+
+/// Field `key` of the `config.toml` next to a weight file, if the file and
+/// the field exist.
+pub(crate) fn saved_field<T: DeserializeOwned>(weights: &Path, key: &str) -> Result<Option<T>> {
     let Some(path) = weights.parent().map(|d| d.join("config.toml")) else {
         return Ok(None);
     };
@@ -294,14 +325,14 @@ pub fn model_config_near(weights: &Path) -> Result<Option<ModelConfig>> {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    match table.get("model") {
-        Some(model) => model
+    match table.get(key) {
+        Some(value) => value
             .clone()
             .try_into()
             .map(Some)
             .map_err(|e: toml::de::Error| Error::ConfigFile {
                 path,
-                message: format!("[model]: {e}"),
+                message: format!("`{key}`: {e}"),
             }),
         None => Ok(None),
     }

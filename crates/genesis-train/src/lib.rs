@@ -6,7 +6,9 @@
 //!   model by a background producer (bounded queue) → U-Net or V-Net → MSE →
 //!   SGD or Adam, with the paper's recipe as [`PretrainConfig::paper`].
 //! - [`finetune`]: segmentation (Dice, or Dice + BCE) or classification (BCE,
-//!   ROC AUC) from scratch or from Genesis weights ([`Init`]).
+//!   ROC AUC) from scratch or from Genesis weights ([`Init`]). Segmentation
+//!   reads `.npy` cube stacks, or folders of image and label volumes (NIfTI,
+//!   MetaImage, NRRD) windowed ([`IntensityWindow`]) and tiled into cubes.
 //! - [`evaluate`], [`predict`]: metrics of a split; sliding-window masks
 //!   written with the scan's geometry.
 //!
@@ -63,6 +65,7 @@ mod optim;
 mod plots;
 mod predict;
 mod pretrain;
+mod volumes;
 
 pub use checkpoint::{LoopState, read_loop_state};
 pub use cli::{
@@ -70,8 +73,8 @@ pub use cli::{
     configure_threads, resolve_finetune, resolve_pretrain, run,
 };
 pub use config::{
-    FinetuneConfig, Init, OptimizerConfig, OptimizerKind, PretrainConfig, SegmentationLoss, Task,
-    load_toml, parse_folds, set_field, to_toml,
+    FinetuneConfig, Init, IntensityWindow, OptimizerConfig, OptimizerKind, PretrainConfig,
+    SegmentationLoss, Task, load_toml, parse_folds, set_field, to_toml,
 };
 pub use engine::{RunOptions, RunSummary, TrainControl};
 pub use error::{Error, Result};
