@@ -45,7 +45,15 @@ pub enum InitScope {
     /// Only the encoder (`down_tr*`, and `in_tr` for the V-Net):
     /// classification fine-tuning; the head keeps its fresh initialisation.
     EncoderOnly,
+    /// Everything but the output layer (`out_tr.*`): segmentation from
+    /// restoration weights with a freshly initialised output layer (the
+    /// restoration head predicts intensities, not masks), or with a different
+    /// number of classes.
+    AllButOutput,
 }
+
+/// Top-level module of the output layer of both networks.
+const OUTPUT_MODULE: &str = "out_tr";
 
 /// What [`load_weights`] did, by name (sorted).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,7 +65,8 @@ pub struct LoadReport {
     /// File entries the network has no variable for.
     pub unexpected: Vec<String>,
     /// File entries outside the scope (the decoder, for
-    /// [`InitScope::EncoderOnly`]).
+    /// [`InitScope::EncoderOnly`]; the output layer, for
+    /// [`InitScope::AllButOutput`]).
     pub skipped: Vec<String>,
     /// The file.
     pub source: PathBuf,
@@ -151,7 +160,11 @@ pub fn load_weights(
     let variables = vs.variables();
     let mut var_names: Vec<&String> = variables.keys().collect();
     var_names.sort();
-    let in_scope = |name: &str| scope == InitScope::Whole || is_encoder_name(name);
+    let in_scope = |name: &str| match scope {
+        InitScope::Whole => true,
+        InitScope::EncoderOnly => is_encoder_name(name),
+        InitScope::AllButOutput => name.split('.').next() != Some(OUTPUT_MODULE),
+    };
 
     let mut report = LoadReport {
         source: path.to_path_buf(),
@@ -754,9 +767,19 @@ mod tests {
             Err(Error::MissingKey { .. })
         ));
 
+        let _ = (source.root() / "out_tr").var("w", &[1], nn::Init::Const(1.0));
+        save_safetensors(&source, &path).unwrap();
+        let _ = (target.root() / "out_tr").var("w", &[1], nn::Init::Const(0.0));
+        let report = load_weights(&mut target, &path, InitScope::AllButOutput).unwrap();
+        assert_eq!(report.loaded, ["down_tr64.x"]);
+        assert_eq!(report.skipped, ["out_tr.w"]);
+        assert_eq!(report.unexpected, ["extra", "up_tr64.x"]);
+        assert_eq!(target.variables()["out_tr.w"].double_value(&[0]), 0.0);
+
         let report = load_weights(&mut target, &path, InitScope::Whole).unwrap();
         assert_eq!(report.unexpected, ["extra", "up_tr64.x"]);
         assert_eq!(report.missing, ["dense_1.weight", "down_tr128.y"]);
+        assert_eq!(target.variables()["out_tr.w"].double_value(&[0]), 1.0);
         let err = report.ensure_complete().unwrap_err();
         assert!(
             err.to_string().contains("unknown parameter `extra`"),

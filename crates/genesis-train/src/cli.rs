@@ -164,6 +164,10 @@ pub struct FinetuneArgs {
     /// scratch, or genesis:PATH (whole network for segmentation, encoder for classification).
     #[arg(long)]
     pub init: Option<Init>,
+    /// Segmentation from genesis:PATH: leave the output layer freshly initialised
+    /// instead of loading the restoration head (default: load the whole network).
+    #[arg(long)]
+    pub fresh_output: bool,
     /// Segmentation loss: dice or dice_bce.
     #[arg(long)]
     pub loss: Option<SegmentationLoss>,
@@ -424,6 +428,9 @@ pub fn resolve_finetune(args: &FinetuneArgs) -> Result<(FinetuneConfig, RunOptio
     set(&mut config.init, args.init.clone());
     set(&mut config.loss, args.loss);
     set(&mut config.threshold, args.threshold);
+    if args.fresh_output {
+        config.fresh_output = true;
+    }
     if let Some(shape) = &args.cube_shape {
         config.cube_shape = parse_cube_shape(shape)?;
     }

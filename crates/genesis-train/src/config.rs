@@ -478,6 +478,11 @@ pub struct FinetuneConfig {
     pub run_dir: PathBuf,
     /// `scratch` or `genesis:PATH`.
     pub init: Init,
+    /// Segmentation from `genesis:PATH`: keep the output layer freshly
+    /// initialised instead of loading it (default false: the whole network is
+    /// loaded, as the original does). The restoration head predicts
+    /// intensities, so a short fine-tune converges faster without it.
+    pub fresh_output: bool,
     /// Cubes per step.
     pub batch_size: usize,
     /// Maximum number of epochs.
@@ -523,6 +528,7 @@ impl FinetuneConfig {
             data: PathBuf::from("data/tasks/ncs"),
             run_dir: PathBuf::from("runs/finetune"),
             init: Init::Scratch,
+            fresh_output: false,
             batch_size: 16,
             epochs: 10_000,
             patience: 20,

@@ -82,6 +82,7 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions) -> Result<RunSumm
         && !options.resume
     {
         let scope = match config.task {
+            Task::Segmentation if config.fresh_output => InitScope::AllButOutput,
             Task::Segmentation => InitScope::Whole,
             Task::Classification => InitScope::EncoderOnly,
         };
