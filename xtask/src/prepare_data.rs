@@ -73,6 +73,10 @@ pub struct PrepareDataArgs {
     /// Cubes per scan (the original's `scale`).
     #[arg(long, default_value_t = 32)]
     pub scale: usize,
+    /// Cube size `ROWSxCOLSxDEPS` of packed and task cubes (the paper's 64x64x32); cut at
+    /// this size, not resized. Smaller cubes make CPU demos faster.
+    #[arg(long, default_value = "64x64x32", value_parser = parse_cube)]
+    pub cube: [usize; 3],
     /// Element type of the packed stacks (f64 is the original's).
     #[arg(long, value_enum, default_value_t = pack::StackDtype::F32)]
     pub dtype: pack::StackDtype,
@@ -164,6 +168,7 @@ pub fn run(args: &PrepareDataArgs) -> Result<()> {
             seed: args.seed,
             per_nodule: args.per_nodule.max(1),
             neg_ratio: args.neg_ratio,
+            cube: args.cube,
         };
         return tasks::build_task(&args.dir, &out, &options);
     }
@@ -173,6 +178,9 @@ pub fn run(args: &PrepareDataArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("data/generated_cubes"));
     let mut extract = genesis_transforms::ExtractConfig::paper();
     extract.scale = args.scale;
+    let [rows, cols, deps] = args.cube;
+    (extract.crop_rows, extract.crop_cols) = (rows, cols);
+    (extract.input_rows, extract.input_cols, extract.input_deps) = (rows, cols, deps);
     let options = pack::PackOptions {
         extract,
         seed: args.seed,
@@ -190,6 +198,21 @@ pub fn run(args: &PrepareDataArgs) -> Result<()> {
         summary.n_scans as f64 / summary.seconds.max(1e-9)
     );
     Ok(())
+}
+
+/// Parses a cube size `ROWSxCOLSxDEPS` or `ROWS,COLS,DEPS` (each at least 8).
+pub fn parse_cube(text: &str) -> Result<[usize; 3]> {
+    let parts: Vec<&str> = text.split(['x', 'X', ',']).collect();
+    let sizes = parts
+        .iter()
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .ok()
+        .filter(|v| v.len() == 3 && v.iter().all(|&n| n >= 8));
+    match sizes {
+        Some(v) => Ok([v[0], v[1], v[2]]),
+        None => bail!("cube size `{text}` is not ROWSxCOLSxDEPS with each size at least 8"),
+    }
 }
 
 /// Parses `0-9`, `3`, or `0,2,5-6` into a sorted list without duplicates.
@@ -231,5 +254,15 @@ mod tests {
         assert!(parse_subsets("3-1").is_err());
         assert!(parse_subsets("x").is_err());
         assert!(parse_subsets("").is_err());
+    }
+
+    #[test]
+    fn cube_sizes_parse() {
+        assert_eq!(parse_cube("64x64x32").unwrap(), [64, 64, 32]);
+        assert_eq!(parse_cube("32X32x16").unwrap(), [32, 32, 16]);
+        assert_eq!(parse_cube("32,32,16").unwrap(), [32, 32, 16]);
+        for bad in ["64x64", "64x64x4", "ax64x32", "64x64x32x1", ""] {
+            assert!(parse_cube(bad).is_err(), "{bad}");
+        }
     }
 }

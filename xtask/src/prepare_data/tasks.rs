@@ -1,6 +1,6 @@
 //! Target tasks cut from LUNA16-layout data (real or phantom).
 //!
-//! - NCS (nodule segmentation): 64×64×32 cubes around annotated nodules,
+//! - NCS (nodule segmentation): 64×64×32 cubes (or `--cube`) around annotated nodules,
 //!   `x_{split}_64x64x32.npy` (f32, CT window [-1000, 1000] → [0, 1]) and voxel masks
 //!   `m_{split}_64x64x32.npy` (u8; every annotated nodule rasterised as a sphere of
 //!   its `diameter_mm` in world space);
@@ -56,10 +56,9 @@ pub struct TaskOptions {
     pub per_nodule: usize,
     /// NCC: negatives per positive cube.
     pub neg_ratio: usize,
+    /// Cube size (rows, cols, deps); the paper's is 64×64×32.
+    pub cube: [usize; 3],
 }
-
-/// Cube shape of both tasks (x, y, z).
-pub const TASK_CUBE: [usize; 3] = [64, 64, 32];
 
 /// The three splits, in writing order.
 pub const SPLITS: [&str; 3] = ["train", "valid", "test"];
@@ -220,14 +219,15 @@ pub fn build_task(dir: &Path, out: &Path, options: &TaskOptions) -> Result<()> {
     let splits = split_scans(&scans)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut counts = serde_json::Map::new();
-    let [sx, sy, sz] = TASK_CUBE;
+    let cube = options.cube;
+    let [sx, sy, sz] = cube;
     for (split, split_scans) in SPLITS.iter().zip(&splits) {
         let x_path = out.join(format!("x_{split}_{sx}x{sy}x{sz}.npy"));
-        let mut x_writer = NpyStackWriter::create(&x_path, &TASK_CUBE, NpyDtype::F32)?;
+        let mut x_writer = NpyStackWriter::create(&x_path, &cube, NpyDtype::F32)?;
         let mut m_writer = match options.kind {
             TaskKind::Ncs => Some(NpyStackWriter::create(
                 out.join(format!("m_{split}_{sx}x{sy}x{sz}.npy")),
-                &TASK_CUBE,
+                &cube,
                 NpyDtype::U8,
             )?),
             TaskKind::Ncc => None,
@@ -258,11 +258,11 @@ pub fn build_task(dir: &Path, out: &Path, options: &TaskOptions) -> Result<()> {
                 jobs.extend(negatives.into_iter().map(|p| (p, false)));
             }
             for (point, shifted) in jobs {
-                let corner = cube_corner(&volume, &point, shifted, &mut rng)?;
-                let cube = cut(&volume, corner);
-                x_writer.append(&cube)?;
+                let corner = cube_corner(&volume, &point, cube, shifted, &mut rng)?;
+                let values = cut(&volume, corner, cube);
+                x_writer.append(&values)?;
                 if let Some(m) = m_writer.as_mut() {
-                    m.append(&sphere_mask(&volume, corner, &mask_nodules))?;
+                    m.append(&sphere_mask(&volume, corner, cube, &mask_nodules))?;
                 }
                 labels.push(f32::from(point.class));
                 let [x, y, z] = point.center;
@@ -300,7 +300,7 @@ pub fn build_task(dir: &Path, out: &Path, options: &TaskOptions) -> Result<()> {
         "seed": options.seed,
         "per_nodule": options.per_nodule,
         "neg_ratio": options.neg_ratio,
-        "cube": TASK_CUBE,
+        "cube": cube,
         "splits": counts,
     });
     write_atomic(
@@ -320,6 +320,7 @@ fn hash_str(text: &str) -> u64 {
 pub fn cube_corner(
     volume: &Volume,
     point: &Point,
+    cube: [usize; 3],
     shifted: bool,
     rng: &mut ChaCha8Rng,
 ) -> Result<[usize; 3]> {
@@ -327,26 +328,26 @@ pub fn cube_corner(
     let centre = volume.world_to_voxel(point.center);
     let mut corner = [0usize; 3];
     for a in 0..3 {
-        if shape[a] < TASK_CUBE[a] {
-            bail!("scan shape {shape:?} is smaller than the task cube {TASK_CUBE:?}");
+        if shape[a] < cube[a] {
+            bail!("scan shape {shape:?} is smaller than the task cube {cube:?}");
         }
         let radius = point.diameter_mm / 2.0 / volume.spacing[a];
-        let room = (TASK_CUBE[a] as f64 / 2.0 - radius - 2.0).clamp(0.0, TASK_CUBE[a] as f64 / 4.0);
+        let room = (cube[a] as f64 / 2.0 - radius - 2.0).clamp(0.0, cube[a] as f64 / 4.0);
         let shift = if shifted && room >= 1.0 {
             rng.gen_range(-room..=room)
         } else {
             0.0
         };
-        let start = (centre[a] + shift - TASK_CUBE[a] as f64 / 2.0).round();
-        corner[a] = start.clamp(0.0, (shape[a] - TASK_CUBE[a]) as f64) as usize;
+        let start = (centre[a] + shift - cube[a] as f64 / 2.0).round();
+        corner[a] = start.clamp(0.0, (shape[a] - cube[a]) as f64) as usize;
     }
     Ok(corner)
 }
 
 /// The task cube at `corner`, C order (x, y, z).
-fn cut(volume: &Volume, corner: [usize; 3]) -> Vec<f32> {
+fn cut(volume: &Volume, corner: [usize; 3], cube: [usize; 3]) -> Vec<f32> {
     let [cx, cy, cz] = corner;
-    let [sx, sy, sz] = TASK_CUBE;
+    let [sx, sy, sz] = cube;
     volume
         .data
         .slice(ndarray::s![cx..cx + sx, cy..cy + sy, cz..cz + sz])
@@ -356,8 +357,13 @@ fn cut(volume: &Volume, corner: [usize; 3]) -> Vec<f32> {
 }
 
 /// 1 inside any nodule sphere (world space), 0 elsewhere, over the cube at `corner`.
-pub fn sphere_mask(volume: &Volume, corner: [usize; 3], nodules: &[Point]) -> Vec<f32> {
-    let [sx, sy, sz] = TASK_CUBE;
+pub fn sphere_mask(
+    volume: &Volume,
+    corner: [usize; 3],
+    cube: [usize; 3],
+    nodules: &[Point],
+) -> Vec<f32> {
+    let [sx, sy, sz] = cube;
     let mut mask = vec![0.0f32; sx * sy * sz];
     for i in 0..sx {
         for j in 0..sy {
@@ -383,6 +389,9 @@ pub fn sphere_mask(volume: &Volume, corner: [usize; 3], nodules: &[Point]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paper's cube shape of both tasks (x, y, z).
+    const TASK_CUBE: [usize; 3] = [64, 64, 32];
     use crate::prepare_data::phantom::{PhantomConfig, PhantomSize, write_dataset};
     use genesis_io::NpyStack;
 
@@ -401,6 +410,7 @@ mod tests {
             seed: 1,
             per_nodule: 2,
             neg_ratio: 2,
+            cube: TASK_CUBE,
         };
         build_task(&data, &ncs, &options).unwrap();
         let mut total = 0;
@@ -444,6 +454,27 @@ mod tests {
         let x = NpyStack::open(ncc.join("x_train_64x64x32.npy")).unwrap();
         assert_eq!(y.len(), x.len());
         assert!(y.iter().any(|&v| v == 1.0) && y.iter().any(|&v| v == 0.0));
+
+        // Smaller cubes: named and shaped by --cube, masks still hit the nodules.
+        let small = tmp.path().join("ncs-small");
+        let options = TaskOptions {
+            kind: TaskKind::Ncs,
+            cube: [32, 32, 16],
+            ..options
+        };
+        build_task(&data, &small, &options).unwrap();
+        let x = NpyStack::open(small.join("x_train_32x32x16.npy")).unwrap();
+        let m = NpyStack::open(small.join("m_train_32x32x16.npy")).unwrap();
+        assert_eq!(x.item_shape(), &[32, 32, 16]);
+        assert_eq!(m.item_shape(), &[32, 32, 16]);
+        let mut mask = vec![0.0; 32 * 32 * 16];
+        for i in 0..m.len() {
+            m.read_item_into(i, &mut mask).unwrap();
+            assert!(
+                mask.iter().any(|&v| v > 0.5),
+                "small cube {i} misses its nodule"
+            );
+        }
     }
 
     #[test]
@@ -474,7 +505,7 @@ mod tests {
                 diameter_mm: n.diameter_mm,
                 class: 1,
             };
-            let mask = sphere_mask(&back, corner, &[p]);
+            let mask = sphere_mask(&back, corner, TASK_CUBE, &[p]);
             let local = [0, 1, 2].map(|a| v[a].round() as usize - corner[a]);
             assert_eq!(mask[(local[0] * 64 + local[1]) * 32 + local[2]], 1.0);
         }
