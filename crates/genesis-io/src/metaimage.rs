@@ -289,7 +289,7 @@ pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volum
     })
 }
 
-fn read_data(path: &Path, header: &MetaHeader) -> Result<Vec<u8>> {
+fn read_data(path: &Path, header: &MetaHeader) -> Result<raw::Bytes> {
     let expected = header.dims.iter().product::<usize>() * header.element_type.size_of();
     let (data_path, offset): (PathBuf, Option<u64>) = match &header.data_file {
         DataFile::Local => (path.to_path_buf(), Some(header.header_len as u64)),

@@ -421,7 +421,7 @@ fn read_data(
     data_path: &Path,
     mut start: u64,
     header: &NrrdHeader,
-) -> Result<Vec<u8>> {
+) -> Result<raw::Bytes> {
     let expected = header.dims.iter().product::<usize>() * header.element_type.size_of();
     if header.line_skip > 0 {
         start = skip_lines(data_path, start, header.line_skip)?;
@@ -507,7 +507,7 @@ fn read_data(
                 ));
             }
             // Decoded as f32 below; the element type still reports the stored type.
-            Ok(reencode_text(out, header.element_type))
+            Ok(reencode_text(out, header.element_type).into())
         }
     }
 }
