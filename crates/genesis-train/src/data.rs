@@ -232,24 +232,38 @@ fn names(paths: &[PathBuf]) -> String {
 }
 
 /// Reads 0/1 labels from `.npy` (any shape, one value per cube) or a CSV
-/// (the last numeric field of each line; a header line is skipped).
+/// (the last field of each record; a header line is skipped; fields may be
+/// quoted; the delimiter is `,`, or `;` or a tab when the first line has no comma).
 pub(crate) fn read_labels(path: &Path) -> Result<Vec<f32>> {
     let labels: Vec<f32> = if path.extension().is_some_and(|e| e == "csv") {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let first_line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let delimiter = [b',', b';', b'\t']
+            .into_iter()
+            .find(|d| first_line.contains(d))
+            .unwrap_or(b',');
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(delimiter)
+            .from_reader(text.as_slice());
         let mut labels = Vec::new();
-        for (line_no, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
+        for (index, record) in reader.records().enumerate() {
+            let record = record.map_err(|e| Error::data(path, format!("not valid CSV: {e}")))?;
+            let line = record.position().map_or(index as u64 + 1, |p| p.line());
+            let Some(last) = record.iter().next_back().map(str::trim) else {
+                continue;
+            };
+            if last.is_empty() && record.len() == 1 {
                 continue;
             }
-            let last = line.rsplit([',', ';', '\t']).next().unwrap_or(line).trim();
             match last.parse::<f32>() {
                 Ok(v) => labels.push(v),
-                Err(_) if line_no == 0 => {}
+                Err(_) if index == 0 => {}
                 Err(_) => {
                     return Err(Error::data(
                         path,
-                        format!("line {}: `{last}` is not a label", line_no + 1),
+                        format!("line {line}: `{last}` is not a label"),
                     ));
                 }
             }
@@ -715,6 +729,12 @@ mod tests {
         std::fs::write(&path, "1\n2\n").unwrap();
         assert!(read_labels(&path).is_err());
         std::fs::write(&path, "1\nx\n").unwrap();
-        assert!(read_labels(&path).is_err());
+        let err = read_labels(&path).unwrap_err().to_string();
+        assert!(err.contains("y.csv") && err.contains("line 2"), "{err}");
+        // Quoted fields with the delimiter inside, and semicolon files.
+        std::fs::write(&path, "uid,label\n\"1.3.6,a\",1\n\"b\",0\n").unwrap();
+        assert_eq!(read_labels(&path).unwrap(), vec![1.0, 0.0]);
+        std::fs::write(&path, "uid;label\na;0\nb;1\n").unwrap();
+        assert_eq!(read_labels(&path).unwrap(), vec![0.0, 1.0]);
     }
 }
