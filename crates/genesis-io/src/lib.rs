@@ -109,6 +109,11 @@ impl Format {
 /// Reads a volume; the format is chosen by extension (`.mhd .mha .nrrd .nhdr .nii .nii.gz .npy`).
 ///
 /// A `.npy` file must hold a 3-D array indexed (x, y, z); it gets unit spacing.
+///
+/// Uncompressed voxel data of 16 MiB or more (`.mhd`/`.raw`, raw `.nrrd`/`.nhdr`) is
+/// memory-mapped while it is decoded rather than copied into memory first. Do not
+/// truncate or rewrite a file while it is being read: as with any memory map, that
+/// can fault the reading process.
 pub fn read_volume(path: impl AsRef<Path>) -> Result<Volume> {
     read_volume_impl(path.as_ref(), None)
 }
