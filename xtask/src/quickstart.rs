@@ -328,25 +328,28 @@ fn write_report(
 
 /// (train, valid) loss per epoch from a run's `metrics.csv`.
 fn read_losses(path: &Path) -> Result<Vec<(f64, f64)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header = reader
+        .headers()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .clone();
     let column = |name: &str| {
         header
             .iter()
-            .position(|h| *h == name)
+            .position(|h| h == name)
             .with_context(|| format!("{}: no column {name}", path.display()))
     };
     let (train, valid) = (column("train_loss")?, column("valid_loss")?);
     let mut losses = Vec::new();
-    for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let fields: Vec<&str> = line.split(',').collect();
+    for record in reader.records() {
+        let record = record.with_context(|| format!("cannot read {}", path.display()))?;
+        let line = record.position().map_or(0, |p| p.line());
         let get = |i: usize| -> Result<f64> {
-            fields
+            record
                 .get(i)
                 .and_then(|f| f.trim().parse().ok())
-                .with_context(|| format!("{}: line {}: bad loss", path.display(), n + 2))
+                .with_context(|| format!("{}: line {line}: bad loss", path.display()))
         };
         losses.push((get(train)?, get(valid)?));
     }

@@ -100,22 +100,17 @@ pub(crate) fn read_exact_bytes(
         ));
     }
     if len >= MAP_THRESHOLD {
-        let start_usize = usize::try_from(start).ok();
         // SAFETY: see `Bytes::Mapped`; the file is only read, and the length
         // check above makes the mapped range lie inside the file as it is now.
-        let map = start_usize.and_then(|s| {
-            unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(0)
-                    .len(s + len)
-                    .populate()
-                    .map(&file)
-            }
-            .ok()
-            .map(|map| (map, s))
-        });
-        if let Some((map, offset)) = map {
-            return Ok(Bytes::Mapped { map, offset, len });
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len)
+                .populate()
+                .map(&file)
+        };
+        if let Ok(map) = map {
+            return Ok(Bytes::Mapped(map));
         }
         // Mapping can fail (special files, exotic file systems): fall back to reading.
     }
@@ -139,16 +134,12 @@ const MAP_THRESHOLD: usize = 16 << 20;
 pub(crate) enum Bytes {
     /// Decompressed or small data, held in memory.
     Owned(Vec<u8>),
-    /// A read-only mapping of an uncompressed data file; the voxels are
-    /// `map[offset..offset + len]`. The mapping lives only while one volume
-    /// is decoded. As with any memory map, another process truncating the
-    /// file during those milliseconds would fault the reader; files that are
-    /// being rewritten must not be read concurrently.
-    Mapped {
-        map: memmap2::Mmap,
-        offset: usize,
-        len: usize,
-    },
+    /// A read-only mapping of the voxels of an uncompressed data file. The
+    /// mapping lives only while one volume is decoded. As with any memory map,
+    /// another process truncating the file during those milliseconds would
+    /// fault the reader; files that are being rewritten must not be read
+    /// concurrently.
+    Mapped(memmap2::Mmap),
 }
 
 impl std::ops::Deref for Bytes {
@@ -157,7 +148,7 @@ impl std::ops::Deref for Bytes {
     fn deref(&self) -> &[u8] {
         match self {
             Bytes::Owned(bytes) => bytes,
-            Bytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Bytes::Mapped(map) => map,
         }
     }
 }
@@ -520,7 +511,7 @@ mod tests {
             let bytes =
                 read_exact_bytes(&path, offset, voxels.len(), &path, dims, ElementType::I16)
                     .unwrap();
-            assert!(matches!(bytes, Bytes::Mapped { .. }));
+            assert!(matches!(bytes, Bytes::Mapped(_)));
             assert!(bytes[..] == voxels[..]);
         }
         let mapped = read_exact_bytes(
