@@ -235,20 +235,9 @@ fn prepare_data(args: &[&str]) -> Result<()> {
 /// Runs the `genesis-train` binary through cargo (dev profile: the heavy work is in libtorch
 /// and in genesis-transforms, which is optimised in every profile).
 fn genesis_train(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(&cargo)
-        .args(["run", "--quiet", "-p", "genesis-train", "--"])
-        .args(args)
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("cannot run {cargo}"))?;
-    if !status.success() {
-        bail!("`genesis-train {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
+    run_genesis_train(args, None)
 }
 
-/// Reads a number field of the JSON object that `genesis-train evaluate` writes.
 /// One of the quickstart's two fine-tunes.
 struct FineTune {
     name: &'static str,
@@ -332,33 +321,43 @@ fn fine_tune_and_evaluate(run: &FineTune, common: &FineTuneCommon<'_>) -> Result
 /// [`genesis_train`] with stdout and stderr appended to `log_file` (at `log`); on failure
 /// the error carries the log's last lines.
 fn genesis_train_logged(args: &[&str], log_file: &std::fs::File, log: &Path) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let clone = || {
-        log_file
-            .try_clone()
-            .with_context(|| format!("cannot write {}", log.display()))
-    };
-    let status = Command::new(&cargo)
-        .args(["run", "--quiet", "-p", "genesis-train", "--"])
-        .args(args)
-        .current_dir(workspace_root())
-        .stdout(clone()?)
-        .stderr(clone()?)
-        .status()
-        .with_context(|| format!("cannot run {cargo}"))?;
-    if !status.success() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        bail!(
-            "`genesis-train {}` failed ({status}); last lines of {}:\n{tail}",
-            args.join(" "),
-            log.display()
-        );
-    }
-    Ok(())
+    run_genesis_train(args, Some((log_file, log)))
 }
 
+fn run_genesis_train(args: &[&str], log: Option<(&std::fs::File, &Path)>) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["run", "--quiet", "-p", "genesis-train", "--"])
+        .args(args)
+        .current_dir(workspace_root());
+    if let Some((file, path)) = log {
+        let clone = || {
+            file.try_clone()
+                .with_context(|| format!("cannot write {}", path.display()))
+        };
+        command.stdout(clone()?).stderr(clone()?);
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let Some((_, path)) = log else {
+        bail!("`genesis-train {}` failed ({status})", args.join(" "));
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    bail!(
+        "`genesis-train {}` failed ({status}); last lines of {}:\n{tail}",
+        args.join(" "),
+        path.display()
+    )
+}
+
+/// Reads a number field of the JSON object that `genesis-train evaluate` writes.
 fn read_metric(path: &Path, key: &str) -> Result<f64> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
