@@ -140,8 +140,8 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
     let weights = pretrain_dir.join("best.safetensors");
     // The two fine-tunes are independent: they run side by side, each on half the cores
     // (a width-8 U-Net on 32x32x16 cubes uses two threads poorly: on two cores both
-    // together took 34 s where one after the other took 42 s). Each writes its log to
-    // its run directory; the epoch summaries are printed when both are done.
+    // together took 34 s where one after the other took 42 s). Each writes its output to
+    // OUT/ncs-NAME.log; the epoch summaries are printed when both are done.
     let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     step(&format!(
         "5/6 fine-tuning on nodule segmentation, init = genesis and init = scratch, side by \
