@@ -185,7 +185,7 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
     });
     let mut dice = Vec::new();
     for (run, result) in runs.iter().zip(results) {
-        let log = out.join(format!("ncs-{}.log", run.name));
+        let log = run.log_path(&out);
         println!("-- init = {} (full log: {})", run.name, log.display());
         if let Ok(text) = std::fs::read_to_string(&log) {
             for line in text
@@ -245,6 +245,13 @@ struct FineTune {
     extra: Option<&'static str>,
 }
 
+impl FineTune {
+    /// Where both of this run's commands write their output: `OUT/ncs-NAME.log`.
+    fn log_path(&self, out: &Path) -> PathBuf {
+        out.join(format!("ncs-{}.log", self.name))
+    }
+}
+
 /// What both fine-tunes share.
 struct FineTuneCommon<'a> {
     out: &'a Path,
@@ -260,7 +267,7 @@ struct FineTuneCommon<'a> {
 /// both commands' output in `OUT/ncs-NAME.log`. Returns the test Dice and IoU.
 fn fine_tune_and_evaluate(run: &FineTune, common: &FineTuneCommon<'_>) -> Result<(f64, f64)> {
     let run_dir = common.out.join(format!("ncs-{}", run.name));
-    let log = common.out.join(format!("ncs-{}.log", run.name));
+    let log = run.log_path(common.out);
     let log_file =
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut finetune = vec![
@@ -287,9 +294,9 @@ fn fine_tune_and_evaluate(run: &FineTune, common: &FineTuneCommon<'_>) -> Result
         &common.threads,
     ];
     finetune.extend(run.extra);
-    genesis_train_logged(&finetune, &log_file, &log)?;
+    run_genesis_train(&finetune, Some((&log_file, &log)))?;
     let metrics = run_dir.join("test_metrics.json");
-    genesis_train_logged(
+    run_genesis_train(
         &[
             "evaluate",
             "--task",
@@ -309,8 +316,7 @@ fn fine_tune_and_evaluate(run: &FineTune, common: &FineTuneCommon<'_>) -> Result
             "--threads",
             &common.threads,
         ],
-        &log_file,
-        &log,
+        Some((&log_file, &log)),
     )?;
     Ok((
         read_metric(&metrics, "dice")?,
@@ -318,12 +324,8 @@ fn fine_tune_and_evaluate(run: &FineTune, common: &FineTuneCommon<'_>) -> Result
     ))
 }
 
-/// [`genesis_train`] with stdout and stderr appended to `log_file` (at `log`); on failure
-/// the error carries the log's last lines.
-fn genesis_train_logged(args: &[&str], log_file: &std::fs::File, log: &Path) -> Result<()> {
-    run_genesis_train(args, Some((log_file, log)))
-}
-
+/// [`genesis_train`], with stdout and stderr appended to `log`'s file when given; on
+/// failure the error then carries the log's last lines.
 fn run_genesis_train(args: &[&str], log: Option<(&std::fs::File, &Path)>) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(&cargo);
