@@ -5,7 +5,7 @@ use ndarray::ArrayViewMut3;
 
 use crate::config::{InPaintConfig, OutPaintConfig};
 use crate::flip::dim3;
-use crate::rng::CubeRng;
+use crate::rng::{CubeRng, NoiseRng};
 use crate::{Error, Result};
 
 /// Most boxes any painting can draw without allocating: out-painting's first box plus
@@ -53,18 +53,13 @@ pub(crate) fn in_paint_slice(
     config: &InPaintConfig,
     rng: &mut CubeRng,
 ) -> u32 {
-    let [_, cols, deps] = shape;
+    let mut noise = NoiseRng::new(rng);
     let mut n_boxes = 0;
     while n_boxes < config.max_boxes && rng.uniform() < config.box_rate {
         let b = Box3::draw(rng, shape, config.margin as usize, |dim| {
             config.size_range(dim)
         });
-        for x in b.origin[0]..b.origin[0] + b.size[0] {
-            for y in b.origin[1]..b.origin[1] + b.size[1] {
-                let start = (x * cols + y) * deps + b.origin[2];
-                rng.fill_uniform_f32(&mut data[start..start + b.size[2]]);
-            }
-        }
+        fill_box(data, shape, &b, &mut noise);
         n_boxes += 1;
     }
     n_boxes
@@ -75,15 +70,14 @@ pub(crate) fn in_paint_slice(
 /// becomes uniform noise. Returns the number of boxes kept.
 ///
 /// The original first fills the whole cube with noise and then restores the boxes from a
-/// copy; drawing the boxes first and filling only the rest gives the same distribution
-/// without the copy and with fewer noise draws.
+/// copy; drawing the boxes first and keeping their voxels while the rest is filled
+/// gives the same distribution without the copy.
 pub(crate) fn out_paint_slice(
     data: &mut [f32],
     shape: [usize; 3],
     config: &OutPaintConfig,
     rng: &mut CubeRng,
 ) -> u32 {
-    let [rows, cols, deps] = shape;
     let margin = config.margin as usize;
     let mut boxes = [Box3::default(); MAX_STACK_BOXES];
     let mut n_boxes = 0;
@@ -115,49 +109,54 @@ pub(crate) fn out_paint_slice(
         all = boxes.iter().copied().chain(extra).collect();
         &all
     };
-    // Per row (x, y): the kept z-intervals, sorted; noise goes in the gaps.
-    let mut intervals = [(0usize, 0usize); MAX_STACK_BOXES];
+    let mut noise = NoiseRng::new(rng);
+    out_paint_rows(data, shape, boxes, &mut noise);
+    n_boxes as u32
+}
+
+/// Fills box `b` of a C-order buffer of `shape` with noise.
+fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut NoiseRng) {
+    let [_, cols, deps] = shape;
+    for x in b.origin[0]..b.origin[0] + b.size[0] {
+        for y in b.origin[1]..b.origin[1] + b.size[1] {
+            let start = (x * cols + y) * deps + b.origin[2];
+            noise.fill(&mut data[start..start + b.size[2]]);
+        }
+    }
+}
+
+/// Fills every voxel of a C-order buffer of `shape` outside `boxes` with noise. Per
+/// row (x, y) and run of up to 64 voxels along z, a bit mask marks the kept voxels;
+/// every run that is not kept entirely takes the same number of noise values, so
+/// the stream depends only on the boxes.
+fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut NoiseRng) {
+    let [rows, cols, deps] = shape;
     for x in 0..rows {
         for y in 0..cols {
             let row = &mut data[(x * cols + y) * deps..(x * cols + y + 1) * deps];
-            let mut n = 0;
-            let mut covered_by_many = false;
-            for b in boxes.iter().filter(|b| b.contains_row(x, y)) {
-                if n == MAX_STACK_BOXES {
-                    covered_by_many = true;
-                    break;
-                }
-                intervals[n] = (b.origin[2], b.origin[2] + b.size[2]);
-                n += 1;
-            }
-            if covered_by_many {
-                // Rare path for configs with more than 16 boxes: mark kept voxels.
-                let mut keep = vec![false; deps];
+            for (run_index, run) in row.chunks_mut(64).enumerate() {
+                let run_start = run_index * 64;
+                let run_end = run_start + run.len();
+                let mut keep = 0u64;
                 for b in boxes.iter().filter(|b| b.contains_row(x, y)) {
-                    keep[b.origin[2]..b.origin[2] + b.size[2]].fill(true);
-                }
-                for (v, k) in row.iter_mut().zip(keep) {
-                    if !k {
-                        rng.fill_uniform_f32(std::slice::from_mut(v));
+                    let start = b.origin[2].max(run_start);
+                    let end = (b.origin[2] + b.size[2]).min(run_end);
+                    if start < end {
+                        keep |= low_bits(end - start) << (start - run_start);
                     }
                 }
-                continue;
-            }
-            let intervals = &mut intervals[..n];
-            intervals.sort_unstable();
-            let mut z = 0;
-            for &(start, end) in intervals.iter() {
-                if start > z {
-                    rng.fill_uniform_f32(&mut row[z..start]);
+                if keep == low_bits(run.len()) {
+                    continue;
                 }
-                z = z.max(end);
-            }
-            if z < deps {
-                rng.fill_uniform_f32(&mut row[z..]);
+                noise.fill_except(run, keep);
             }
         }
     }
-    n_boxes as u32
+}
+
+/// A mask of the lowest `n` bits, `n <= 64`.
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
 }
 
 /// In-painting of one cube in place: up to `max_boxes` times, while a uniform draw is
