@@ -140,13 +140,16 @@ fn pair_into_slices(
             .unwrap_or_else(|_| unreachable!("target length was checked against the shape"));
         dst.assign(&flipped);
     }
-    input.copy_from_slice(target);
-
+    // input = target, made by the first kernel that writes it (a copy only when the
+    // non-linear map, which can read target directly, does not come first).
+    let mut input_ready = false;
     if rng.uniform() < config.local_rate {
         let needed = config.local_shuffle.max_block_len(shape);
         if scratch.shuffle_block.len() < needed {
             scratch.shuffle_block.resize(needed, 0.0);
         }
+        input.copy_from_slice(target);
+        input_ready = true;
         // The un-shuffled input is exactly the target, so no copy is needed.
         shuffle_blocks(
             target,
@@ -162,10 +165,18 @@ fn pair_into_slices(
     if rng.uniform() < config.nonlinear_rate {
         // The config was validated, so drawing a map cannot fail.
         if scratch.bezier.redraw(&config.nonlinear, rng).is_ok() {
-            scratch.bezier.apply_slice(input);
+            if input_ready {
+                scratch.bezier.apply_slice(input);
+            } else {
+                scratch.bezier.apply_from(target, input);
+                input_ready = true;
+            }
             let [_, p1, p2, _] = scratch.bezier.control_points();
             trace.nonlinear = Some((p1, p2, scratch.bezier.is_inverting()));
         }
+    }
+    if !input_ready {
+        input.copy_from_slice(target);
     }
 
     if rng.uniform() < config.paint_rate {
