@@ -54,6 +54,8 @@ pub struct BezierMap {
     lut: Box<[[f32; 2]; LUT_CELLS]>,
     /// Node values while building (kept to avoid reallocating).
     nodes: Vec<f64>,
+    /// Second differences of the nodes while building (likewise).
+    bends: Vec<f64>,
     /// Per cell on the exact path: sample indices `[lo, hi]` with x(lo) at or below the
     /// cell's left edge and x(hi) above its right edge, which narrow the exact search.
     brackets: Vec<[u32; 2]>,
@@ -120,6 +122,7 @@ impl BezierMap {
             y_coef: [1.0, 0.0, 0.0],
             lut: Box::new([[0.0; 2]; LUT_CELLS]),
             nodes: vec![0.0; LUT_CELLS + 1],
+            bends: vec![0.0; LUT_CELLS + 1],
             brackets: vec![[0, 0]; LUT_CELLS],
         };
         map.build_table();
@@ -305,18 +308,25 @@ impl BezierMap {
         for (k, value) in nodes.iter_mut().enumerate().take(LUT_CELLS).skip(node) {
             *value = self.exact(k as f64 / cells);
         }
-        let bend = |k: usize| {
+        // Second difference at each inner node (the ends take their neighbour's); a cell
+        // goes to the exact path when either of its nodes bends too much. Written as
+        // `||` of plain comparisons (the nodes are finite), which vectorizes, where
+        // `f64::max` would add NaN handling to every cell.
+        let mut bends = std::mem::take(&mut self.bends);
+        bends.resize(LUT_CELLS + 1, 0.0);
+        for (k, bend) in bends.iter_mut().enumerate() {
             let k = k.clamp(1, LUT_CELLS - 1);
-            (nodes[k - 1] - 2.0 * nodes[k] + nodes[k + 1]).abs()
-        };
+            *bend = (nodes[k - 1] - 2.0 * nodes[k] + nodes[k + 1]).abs();
+        }
         for (cell, entry) in self.lut.iter_mut().enumerate() {
-            let rise = if bend(cell).max(bend(cell + 1)) > BEND_LIMIT {
+            let rise = if bends[cell] > BEND_LIMIT || bends[cell + 1] > BEND_LIMIT {
                 f32::NAN
             } else {
                 (nodes[cell + 1] - nodes[cell]) as f32
             };
             *entry = [nodes[cell] as f32, rise];
         }
+        self.bends = bends;
         self.nodes = nodes;
         for cell in 0..LUT_CELLS {
             if self.lut[cell][1].is_nan() {
