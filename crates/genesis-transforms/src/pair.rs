@@ -9,14 +9,14 @@ use crate::config::TransformConfig;
 use crate::flip::{FlipTrace, dim3, draw_flips, flipped_view};
 use crate::paint::{in_paint_slice, out_paint_slice};
 use crate::rng::{CubeRng, cube_rng};
-use crate::shuffle::shuffle_blocks;
+use crate::shuffle::{ShuffleScratch, shuffle_blocks};
 use crate::{Error, Result};
 
 /// Reusable buffers for [`generate_pair`], so that steady-state pair generation does not
 /// touch the heap. One per thread.
 #[derive(Debug, Clone)]
 pub struct PairScratch {
-    shuffle_block: Vec<f32>,
+    shuffle: ShuffleScratch,
     bezier: BezierMap,
 }
 
@@ -24,9 +24,11 @@ impl PairScratch {
     /// Buffers sized for cubes of `shape` (rows, cols, deps) with block divisors down to
     /// the paper's; other shapes and configs still work, growing the buffers once.
     pub fn new(shape: [usize; 3]) -> Self {
-        let paper = TransformConfig::paper().local_shuffle;
+        let paper = TransformConfig::paper();
+        let mut shuffle = ShuffleScratch::default();
+        shuffle.reserve(shape, &paper.local_shuffle);
         Self {
-            shuffle_block: vec![0.0; paper.max_block_len(shape)],
+            shuffle,
             bezier: BezierMap::identity(),
         }
     }
@@ -144,10 +146,6 @@ fn pair_into_slices(
     // non-linear map, which can read target directly, does not come first).
     let mut input_ready = false;
     if rng.uniform() < config.local_rate {
-        let needed = config.local_shuffle.max_block_len(shape);
-        if scratch.shuffle_block.len() < needed {
-            scratch.shuffle_block.resize(needed, 0.0);
-        }
         input.copy_from_slice(target);
         input_ready = true;
         // The un-shuffled input is exactly the target, so no copy is needed.
@@ -157,7 +155,7 @@ fn pair_into_slices(
             shape,
             &config.local_shuffle,
             rng,
-            &mut scratch.shuffle_block,
+            &mut scratch.shuffle,
         );
         trace.local_shuffle = true;
     }
