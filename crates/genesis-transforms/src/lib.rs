@@ -3,8 +3,9 @@
 //!
 //! The self-supervised task of Models Genesis is to restore a cube of CT from a
 //! transformed copy. This crate makes the (input, target) pairs, with the semantics of
-//! the published NumPy code (`pytorch/utils.py`) but deterministic and about a hundred
-//! times faster:
+//! the published NumPy code (`pytorch/utils.py`) but deterministic and 50 to 70 times
+//! faster on one core (`docs/benchmarks.md`; on x86_64 with AVX-512 the hot loops use
+//! it, with portable paths that give the same bits elsewhere):
 //!
 //! * [`flip`]: up to three flips along random axes, applied to input and target alike;
 //! * [`local_pixel_shuffling`]: 10,000 small blocks, each permuted in place;

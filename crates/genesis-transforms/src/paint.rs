@@ -286,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn many_boxes_take_the_rare_path() {
+    fn more_boxes_than_the_stack_holds_are_all_kept() {
         let config = OutPaintConfig {
             max_extra_boxes: 40,
             box_rate: 1.0,

@@ -87,13 +87,15 @@ impl ShuffleScratch {
     }
 
     /// Readies the AVX-512 kernel's buffers for `shape` and `config`; false when its
-    /// blocks are too large for that kernel.
+    /// blocks are too large for that kernel (or its row offsets for 32 bits).
     fn prepare_rows(&mut self, shape: [usize; 3], config: &LocalShuffleConfig) -> bool {
         let [rows, cols, deps] = shape;
         let divisor = config.block_divisor as usize;
         let max_size = [rows / divisor, cols / divisor, deps / divisor];
-        if max_size[2] > VECTOR_MAX_DEPTH || max_size.iter().product::<usize>() > VECTOR_MAX_VOXELS
-        {
+        let fits = max_size[2] <= VECTOR_MAX_DEPTH
+            && max_size.iter().product::<usize>() <= VECTOR_MAX_VOXELS
+            && u32::try_from(max_size[0] * cols * deps).is_ok();
+        if !fits {
             return false;
         }
         if self.rows_key != Some((shape, max_size)) {
