@@ -105,15 +105,23 @@ impl BezierMap {
     /// The map of the curve with inner control points `p1`, `p2` (each in `[0, 1]²`),
     /// increasing or inverting, interpolating through `n_samples` samples (at least 2).
     pub fn new(p1: [f64; 2], p2: [f64; 2], inverting: bool, n_samples: u32) -> Result<Self> {
-        let mut map = Self::identity();
+        let mut map = Self::unbuilt();
         map.rebuild(p1, p2, inverting, n_samples)?;
         Ok(map)
     }
 
     /// The identity map (P1 = (1/3, 1/3), P2 = (2/3, 2/3)); cannot fail.
     pub(crate) fn identity() -> Self {
+        let mut map = Self::unbuilt();
+        map.build_table();
+        map
+    }
+
+    /// The identity curve's fields with an empty table: only for maps that are rebuilt
+    /// (or dropped) right away.
+    fn unbuilt() -> Self {
         let third = 1.0 / 3.0;
-        let mut map = Self {
+        Self {
             p1: [third; 2],
             p2: [2.0 * third; 2],
             inverting: false,
@@ -124,16 +132,14 @@ impl BezierMap {
             nodes: vec![0.0; LUT_CELLS + 1],
             bends: vec![0.0; LUT_CELLS + 1],
             brackets: vec![[0, 0]; LUT_CELLS],
-        };
-        map.build_table();
-        map
+        }
     }
 
     /// Draws a curve the way the original does: P1 = (u, u), P2 = (u, u) with `u`
     /// uniform in `[0, 1)`, then inverting when a uniform draw is below
     /// `config.inverting_rate`.
     pub fn random(config: &NonLinearConfig, rng: &mut CubeRng) -> Result<Self> {
-        let mut map = Self::identity();
+        let mut map = Self::unbuilt();
         map.redraw(config, rng)?;
         Ok(map)
     }
@@ -314,17 +320,31 @@ impl BezierMap {
         // `f64::max` would add NaN handling to every cell.
         let mut bends = std::mem::take(&mut self.bends);
         bends.resize(LUT_CELLS + 1, 0.0);
-        for (k, bend) in bends.iter_mut().enumerate() {
-            let k = k.clamp(1, LUT_CELLS - 1);
-            *bend = (nodes[k - 1] - 2.0 * nodes[k] + nodes[k + 1]).abs();
+        // Inner nodes 1..LUT_CELLS from three shifted slices (no index arithmetic, so the
+        // loop vectorizes); the end nodes take their neighbour's bend.
+        let inner = &mut bends[1..LUT_CELLS];
+        let (left, mid, right) = (
+            &nodes[..LUT_CELLS - 1],
+            &nodes[1..LUT_CELLS],
+            &nodes[2..=LUT_CELLS],
+        );
+        for (bend, ((&a, &b), &c)) in inner.iter_mut().zip(left.iter().zip(mid).zip(right)) {
+            *bend = (a - 2.0 * b + c).abs();
         }
-        for (cell, entry) in self.lut.iter_mut().enumerate() {
-            let rise = if bends[cell] > BEND_LIMIT || bends[cell + 1] > BEND_LIMIT {
+        bends[0] = bends[1];
+        bends[LUT_CELLS] = bends[LUT_CELLS - 1];
+        let cells = self
+            .lut
+            .iter_mut()
+            .zip(nodes.iter().zip(&nodes[1..]))
+            .zip(bends.iter().zip(&bends[1..]));
+        for ((entry, (&lo, &hi)), (&bend_lo, &bend_hi)) in cells {
+            let rise = if bend_lo > BEND_LIMIT || bend_hi > BEND_LIMIT {
                 f32::NAN
             } else {
-                (nodes[cell + 1] - nodes[cell]) as f32
+                (hi - lo) as f32
             };
-            *entry = [nodes[cell] as f32, rise];
+            *entry = [lo as f32, rise];
         }
         self.bends = bends;
         self.nodes = nodes;
