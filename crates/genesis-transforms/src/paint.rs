@@ -5,7 +5,7 @@ use ndarray::ArrayViewMut3;
 
 use crate::config::{InPaintConfig, OutPaintConfig};
 use crate::flip::dim3;
-use crate::rng::{CubeRng, NoiseRng};
+use crate::rng::{CubeRng, NoiseFill, NoiseRng};
 use crate::{Error, Result};
 
 /// Most boxes any painting can draw without allocating: out-painting's first box plus
@@ -116,6 +116,30 @@ pub(crate) fn out_paint_slice(
 
 /// Fills box `b` of a C-order buffer of `shape` with noise.
 fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut NoiseRng) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(mut lanes) = crate::rng::NoiseLanes::load(noise) {
+        // SAFETY: `NoiseLanes::load` succeeds only on CPUs with AVX-512F.
+        unsafe { fill_box_avx512(data, shape, b, &mut lanes) };
+        lanes.store(noise);
+        return;
+    }
+    fill_box_with(data, shape, b, noise);
+}
+
+/// [`fill_box_with`] compiled for AVX-512F, the noise lanes staying in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fill_box_avx512(
+    data: &mut [f32],
+    shape: [usize; 3],
+    b: &Box3,
+    lanes: &mut crate::rng::NoiseLanes,
+) {
+    fill_box_with(data, shape, b, lanes);
+}
+
+#[inline(always)]
+fn fill_box_with(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl NoiseFill) {
     let [_, cols, deps] = shape;
     for x in b.origin[0]..b.origin[0] + b.size[0] {
         for y in b.origin[1]..b.origin[1] + b.size[1] {
@@ -130,15 +154,57 @@ fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut NoiseRng)
 /// every run that is not kept entirely takes the same number of noise values, so
 /// the stream depends only on the boxes.
 fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut NoiseRng) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(mut lanes) = crate::rng::NoiseLanes::load(noise) {
+        // SAFETY: `NoiseLanes::load` succeeds only on CPUs with AVX-512F.
+        unsafe { out_paint_rows_avx512(data, shape, boxes, &mut lanes) };
+        lanes.store(noise);
+        return;
+    }
+    out_paint_rows_with(data, shape, boxes, noise);
+}
+
+/// [`out_paint_rows_with`] compiled for AVX-512F, the noise lanes staying in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn out_paint_rows_avx512(
+    data: &mut [f32],
+    shape: [usize; 3],
+    boxes: &[Box3],
+    lanes: &mut crate::rng::NoiseLanes,
+) {
+    out_paint_rows_with(data, shape, boxes, lanes);
+}
+
+#[inline(always)]
+fn out_paint_rows_with(
+    data: &mut [f32],
+    shape: [usize; 3],
+    boxes: &[Box3],
+    noise: &mut impl NoiseFill,
+) {
     let [rows, cols, deps] = shape;
+    // The boxes that cross plane x, gathered once per plane (all of them past 16).
+    let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
     for x in 0..rows {
+        let crossing = |b: &&Box3| (b.origin[0]..b.origin[0] + b.size[0]).contains(&x);
+        let plane_boxes: &[Box3] = if boxes.len() <= MAX_STACK_BOXES {
+            let mut n = 0;
+            for b in boxes.iter().filter(crossing) {
+                in_plane[n] = *b;
+                n += 1;
+            }
+            &in_plane[..n]
+        } else {
+            boxes
+        };
         for y in 0..cols {
             let row = &mut data[(x * cols + y) * deps..(x * cols + y + 1) * deps];
             for (run_index, run) in row.chunks_mut(64).enumerate() {
                 let run_start = run_index * 64;
                 let run_end = run_start + run.len();
                 let mut keep = 0u64;
-                for b in boxes.iter().filter(|b| b.contains_row(x, y)) {
+                for b in plane_boxes.iter().filter(|b| b.contains_row(x, y)) {
                     let start = b.origin[2].max(run_start);
                     let end = (b.origin[2] + b.size[2]).min(run_end);
                     if start < end {
@@ -244,6 +310,31 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn vector_and_portable_paintings_write_the_same_values() {
+        use crate::rng::PortableNoise;
+        let shape = [64, 64, 32];
+        let config = OutPaintConfig::default();
+        for seed in 0..10 {
+            let boxes = replay_out_boxes(seed, shape, &config);
+            let mut fast = vec![7.0f32; 64 * 64 * 32];
+            let mut portable = fast.clone();
+            let mut noise = NoiseRng::new(&mut cube_rng(seed, 1, 0));
+            let mut twin = noise.clone();
+            out_paint_rows(&mut fast, shape, &boxes, &mut noise);
+            out_paint_rows_with(&mut portable, shape, &boxes, &mut PortableNoise(&mut twin));
+            assert!(fast == portable, "seed {seed}");
+            fill_box(&mut fast, shape, &boxes[0], &mut noise);
+            fill_box_with(
+                &mut portable,
+                shape,
+                &boxes[0],
+                &mut PortableNoise(&mut twin),
+            );
+            assert!(fast == portable, "seed {seed}");
         }
     }
 

@@ -175,13 +175,6 @@ impl NoiseRng {
         Self { state }
     }
 
-    /// Fills `out` with uniform noise in `[0, 1)`.
-    pub(crate) fn fill(&mut self, out: &mut [f32]) {
-        for run in out.chunks_mut(64) {
-            self.fill_except(run, 0);
-        }
-    }
-
     /// Fills `out` (at most 64 values) with uniform noise in `[0, 1)`, except the values
     /// whose bit is set in `keep`, which stay as they are. Takes one step per
     /// [`NOISE_BLOCK`] values or part of it, whatever `keep` says, so the stream depends
@@ -189,9 +182,9 @@ impl NoiseRng {
     pub(crate) fn fill_except(&mut self, out: &mut [f32], keep: u64) {
         debug_assert!(out.len() <= 64);
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            unsafe { self.fill_except_avx512(out, keep) };
+        if let Some(mut lanes) = NoiseLanes::load(self) {
+            lanes.fill_except(out, keep);
+            lanes.store(self);
             return;
         }
         self.fill_except_portable(out, keep);
@@ -231,44 +224,130 @@ impl NoiseRng {
         }
         values
     }
+}
+
+/// Fills runs of noise: [`NoiseRng`] itself, or its lanes held in AVX-512 registers
+/// ([`NoiseLanes`]) inside a loop compiled for AVX-512.
+pub(crate) trait NoiseFill {
+    /// Fills `out` (at most 64 values) with uniform noise in `[0, 1)`, except the values
+    /// whose bit is set in `keep`; see [`NoiseRng::fill_except`].
+    fn fill_except(&mut self, out: &mut [f32], keep: u64);
+
+    /// Fills `out` with uniform noise in `[0, 1)`.
+    fn fill(&mut self, out: &mut [f32]) {
+        for run in out.chunks_mut(64) {
+            self.fill_except(run, 0);
+        }
+    }
+}
+
+impl NoiseFill for NoiseRng {
+    fn fill_except(&mut self, out: &mut [f32], keep: u64) {
+        NoiseRng::fill_except(self, out, keep);
+    }
+}
+
+/// [`NoiseRng`]'s eight lanes in AVX-512 registers, so that a loop compiled for AVX-512
+/// (see `paint.rs`) keeps them there across runs instead of loading and storing the
+/// state for every row. Only exists on CPUs with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct NoiseLanes {
+    state: [std::arch::x86_64::__m512i; 4],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NoiseLanes {
+    /// `rng`'s lanes, or `None` when the CPU lacks AVX-512F.
+    #[inline]
+    pub(crate) fn load(rng: &NoiseRng) -> Option<Self> {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        Some(unsafe { Self::load_avx512(rng) })
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn load_avx512(rng: &NoiseRng) -> Self {
+        use std::arch::x86_64::*;
+        let words = rng.state.as_ptr().cast::<__m512i>();
+        // SAFETY: `state` is four arrays of eight u64, i.e. four 64-byte vectors
+        // (unaligned loads).
+        Self {
+            state: [0, 1, 2, 3].map(|w| unsafe { _mm512_loadu_si512(words.add(w)) }),
+        }
+    }
+
+    /// Writes the lanes back to `rng`.
+    #[inline]
+    pub(crate) fn store(self, rng: &mut NoiseRng) {
+        // SAFETY: a `NoiseLanes` exists only on CPUs with AVX-512F (see `load`).
+        unsafe { self.store_avx512(rng) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn store_avx512(self, rng: &mut NoiseRng) {
+        use std::arch::x86_64::*;
+        let words = rng.state.as_mut_ptr().cast::<__m512i>();
+        for (w, v) in self.state.into_iter().enumerate() {
+            // SAFETY: as in `load_avx512` (unaligned stores).
+            unsafe { _mm512_storeu_si512(words.add(w), v) };
+        }
+    }
 
     /// [`NoiseRng::fill_except_portable`] in AVX-512F: one step of the eight lanes per 16
     /// values, and masked stores write only the voxels that take noise.
-    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
+    #[inline]
     fn fill_except_avx512(&mut self, out: &mut [f32], keep: u64) {
         use std::arch::x86_64::*;
-        let words = self.state.as_mut_ptr().cast::<__m512i>();
-        // SAFETY: `state` is four arrays of eight u64, i.e. four 64-byte vectors
-        // (unaligned loads and stores); `out` is written only at lanes below its length.
-        unsafe {
-            let [mut s0, mut s1, mut s2, mut s3] =
-                [0, 1, 2, 3].map(|w| _mm512_loadu_si512(words.add(w)));
-            let low24 = _mm512_set1_epi64(0xff_ffff);
-            let scale = _mm512_set1_ps(NOISE_SCALE);
-            for start in (0..out.len()).step_by(NOISE_BLOCK) {
-                let result = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(s0, s3)), s0);
-                let t = _mm512_slli_epi64::<17>(s1);
-                s2 = _mm512_xor_si512(s2, s0);
-                s3 = _mm512_xor_si512(s3, s1);
-                s1 = _mm512_xor_si512(s1, s2);
-                s0 = _mm512_xor_si512(s0, s3);
-                s2 = _mm512_xor_si512(s2, t);
-                s3 = _mm512_rol_epi64::<45>(s3);
-                let high = _mm512_cvtepi64_epi32(_mm512_srli_epi64::<40>(result));
-                let low =
-                    _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srli_epi64::<8>(result), low24));
-                let ints = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(high), low);
-                let values = _mm512_mul_ps(_mm512_cvtepi32_ps(ints), scale);
-                let len = (out.len() - start).min(NOISE_BLOCK);
-                let in_range = (1u32 << len) - 1;
-                let mask = (in_range & !((keep >> start) as u32)) as __mmask16;
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(start), mask, values);
-            }
-            for (w, v) in [s0, s1, s2, s3].into_iter().enumerate() {
-                _mm512_storeu_si512(words.add(w), v);
-            }
+        let [mut s0, mut s1, mut s2, mut s3] = self.state;
+        let low24 = _mm512_set1_epi64(0xff_ffff);
+        let scale = _mm512_set1_ps(NOISE_SCALE);
+        for start in (0..out.len()).step_by(NOISE_BLOCK) {
+            let result = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(s0, s3)), s0);
+            let t = _mm512_slli_epi64::<17>(s1);
+            s2 = _mm512_xor_si512(s2, s0);
+            s3 = _mm512_xor_si512(s3, s1);
+            s1 = _mm512_xor_si512(s1, s2);
+            s0 = _mm512_xor_si512(s0, s3);
+            s2 = _mm512_xor_si512(s2, t);
+            s3 = _mm512_rol_epi64::<45>(s3);
+            let high = _mm512_cvtepi64_epi32(_mm512_srli_epi64::<40>(result));
+            let low =
+                _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srli_epi64::<8>(result), low24));
+            let ints = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(high), low);
+            let values = _mm512_mul_ps(_mm512_cvtepi32_ps(ints), scale);
+            let len = (out.len() - start).min(NOISE_BLOCK);
+            let in_range = (1u32 << len) - 1;
+            let mask = (in_range & !((keep >> start) as u32)) as __mmask16;
+            // SAFETY: `start < out.len()` and the mask lets through only lanes below
+            // `len`, so every store is inside `out`.
+            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(start), mask, values) };
         }
+        self.state = [s0, s1, s2, s3];
+    }
+}
+
+/// [`NoiseRng`] held to its portable path, for tests of the vector paths on CPUs that
+/// have them.
+#[cfg(test)]
+pub(crate) struct PortableNoise<'a>(pub(crate) &'a mut NoiseRng);
+
+#[cfg(test)]
+impl NoiseFill for PortableNoise<'_> {
+    fn fill_except(&mut self, out: &mut [f32], keep: u64) {
+        self.0.fill_except_portable(out, keep);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NoiseFill for NoiseLanes {
+    #[inline(always)]
+    fn fill_except(&mut self, out: &mut [f32], keep: u64) {
+        debug_assert!(out.len() <= 64);
+        // SAFETY: a `NoiseLanes` exists only on CPUs with AVX-512F (see `load`).
+        unsafe { self.fill_except_avx512(out, keep) }
     }
 }
 
