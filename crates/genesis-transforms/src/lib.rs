@@ -48,6 +48,10 @@
 //! * Noise is `f32` with 24 random bits; the original uses `f64`.
 //! * Out-painting draws its boxes before the noise and fills only the voxels outside
 //!   them; the original fills everything, then restores. Same distribution.
+//! * A pair draws its painting before the shuffle and the non-linear map. Under
+//!   out-painting, everything outside the kept boxes becomes noise, so the shuffle
+//!   permutes only the blocks that touch a kept box and the map runs only on rows that
+//!   hold kept voxels. Same distribution, computed where it is seen.
 //! * The non-linear map is evaluated through a lookup table within 1e-4 of `np.interp`
 //!   over the 100,000 sorted samples (see [`BezierMap`]).
 //! * Extraction resizes (when crop and input sizes differ) without skimage's

@@ -39,9 +39,114 @@ impl Box3 {
         Self { origin, size }
     }
 
-    fn contains_row(&self, x: usize, y: usize) -> bool {
+    pub(crate) fn contains_row(&self, x: usize, y: usize) -> bool {
         (self.origin[0]..self.origin[0] + self.size[0]).contains(&x)
             && (self.origin[1]..self.origin[1] + self.size[1]).contains(&y)
+    }
+}
+
+/// Boxes of one painting: on the stack up to [`MAX_STACK_BOXES`], all on the heap past
+/// that (configs with many boxes only), so that painting does not allocate per cube.
+#[derive(Debug, Clone)]
+pub(crate) struct BoxList {
+    stack: [Box3; MAX_STACK_BOXES],
+    len: usize,
+    heap: Vec<Box3>,
+}
+
+impl BoxList {
+    fn new() -> Self {
+        Self {
+            stack: [Box3::default(); MAX_STACK_BOXES],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, b: Box3) {
+        if self.len < MAX_STACK_BOXES {
+            self.stack[self.len] = b;
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.stack);
+            }
+            self.heap.push(b);
+        }
+        self.len += 1;
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Box3] {
+        if self.len <= MAX_STACK_BOXES {
+            &self.stack[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+/// A painting whose random draws are made and whose voxels are not yet written: the
+/// boxes and the noise stream. Drawing first lets the pair pipeline know, before the
+/// other kernels run, which voxels out-painting will keep.
+#[derive(Debug, Clone)]
+pub(crate) struct Painting {
+    /// In-painting (noise in the boxes) or out-painting (noise outside them).
+    pub(crate) inside: bool,
+    pub(crate) boxes: BoxList,
+    noise: NoiseRng,
+}
+
+impl Painting {
+    /// In-painting's draws, in the original's order: up to `max_boxes` times, while a
+    /// uniform draw is below `box_rate`, a box.
+    pub(crate) fn draw_in(shape: [usize; 3], config: &InPaintConfig, rng: &mut CubeRng) -> Self {
+        let noise = NoiseRng::new(rng);
+        let mut boxes = BoxList::new();
+        while (boxes.len as u32) < config.max_boxes && rng.uniform() < config.box_rate {
+            boxes.push(Box3::draw(rng, shape, config.margin as usize, |dim| {
+                config.size_range(dim)
+            }));
+        }
+        Self {
+            inside: true,
+            boxes,
+            noise,
+        }
+    }
+
+    /// Out-painting's draws: one box plus up to `max_extra_boxes` more, each while a
+    /// uniform draw is below `box_rate`.
+    pub(crate) fn draw_out(shape: [usize; 3], config: &OutPaintConfig, rng: &mut CubeRng) -> Self {
+        let margin = config.margin as usize;
+        let mut boxes = BoxList::new();
+        boxes.push(Box3::draw(rng, shape, margin, |dim| config.size_range(dim)));
+        let mut n_extra = 0;
+        while n_extra < config.max_extra_boxes && rng.uniform() < config.box_rate {
+            boxes.push(Box3::draw(rng, shape, margin, |dim| config.size_range(dim)));
+            n_extra += 1;
+        }
+        let noise = NoiseRng::new(rng);
+        Self {
+            inside: false,
+            boxes,
+            noise,
+        }
+    }
+
+    /// The boxes whose voxels keep their values, when this is out-painting.
+    pub(crate) fn kept(&self) -> Option<&[Box3]> {
+        (!self.inside).then(|| self.boxes.as_slice())
+    }
+
+    /// Writes the noise into a C-order buffer of `shape`; returns the number of boxes.
+    pub(crate) fn apply(mut self, data: &mut [f32], shape: [usize; 3]) -> u32 {
+        if self.inside {
+            for b in self.boxes.as_slice() {
+                fill_box(data, shape, b, &mut self.noise);
+            }
+        } else {
+            out_paint_rows(data, shape, self.boxes.as_slice(), &mut self.noise);
+        }
+        self.boxes.len as u32
     }
 }
 
@@ -53,16 +158,7 @@ pub(crate) fn in_paint_slice(
     config: &InPaintConfig,
     rng: &mut CubeRng,
 ) -> u32 {
-    let mut noise = NoiseRng::new(rng);
-    let mut n_boxes = 0;
-    while n_boxes < config.max_boxes && rng.uniform() < config.box_rate {
-        let b = Box3::draw(rng, shape, config.margin as usize, |dim| {
-            config.size_range(dim)
-        });
-        fill_box(data, shape, &b, &mut noise);
-        n_boxes += 1;
-    }
-    n_boxes
+    Painting::draw_in(shape, config, rng).apply(data, shape)
 }
 
 /// Out-painting on a C-order buffer: one random box plus up to `max_extra_boxes` more
@@ -78,40 +174,68 @@ pub(crate) fn out_paint_slice(
     config: &OutPaintConfig,
     rng: &mut CubeRng,
 ) -> u32 {
-    let margin = config.margin as usize;
-    let mut boxes = [Box3::default(); MAX_STACK_BOXES];
-    let mut n_boxes = 0;
-    let mut extra = Vec::new(); // stays empty (no allocation) for max_extra_boxes < 16
-    let mut push = |b: Box3, n: &mut usize| {
-        if *n < MAX_STACK_BOXES {
-            boxes[*n] = b;
-        } else {
-            extra.push(b);
+    Painting::draw_out(shape, config, rng).apply(data, shape)
+}
+
+/// Calls `f` with each run of whole rows (a range of the C-order buffer of `shape`)
+/// that holds a voxel of `boxes`: per plane x, the union of the boxes' y-ranges.
+pub(crate) fn for_each_row_run_in(
+    shape: [usize; 3],
+    boxes: &[Box3],
+    mut f: impl FnMut(std::ops::Range<usize>),
+) {
+    let [rows, cols, deps] = shape;
+    let mut spans = [(0usize, 0usize); MAX_STACK_BOXES];
+    for x in 0..rows {
+        let crossing = boxes
+            .iter()
+            .filter(|b| (b.origin[0]..b.origin[0] + b.size[0]).contains(&x));
+        if boxes.len() > MAX_STACK_BOXES {
+            // Many boxes (custom configs): row by row.
+            for y in 0..cols {
+                if crossing.clone().any(|b| b.contains_row(x, y)) {
+                    let start = (x * cols + y) * deps;
+                    f(start..start + deps);
+                }
+            }
+            continue;
         }
-        *n += 1;
-    };
-    push(
-        Box3::draw(rng, shape, margin, |dim| config.size_range(dim)),
-        &mut n_boxes,
-    );
-    let mut n_extra = 0;
-    while n_extra < config.max_extra_boxes && rng.uniform() < config.box_rate {
-        push(
-            Box3::draw(rng, shape, margin, |dim| config.size_range(dim)),
-            &mut n_boxes,
-        );
-        n_extra += 1;
+        let mut n = 0;
+        for b in crossing {
+            spans[n] = (b.origin[1], b.origin[1] + b.size[1]);
+            n += 1;
+        }
+        let spans = &mut spans[..n];
+        spans.sort_unstable();
+        let mut current: Option<(usize, usize)> = None;
+        for &(lo, hi) in spans.iter() {
+            match current {
+                Some((c_lo, c_hi)) if lo <= c_hi => current = Some((c_lo, c_hi.max(hi))),
+                _ => {
+                    if let Some((c_lo, c_hi)) = current {
+                        f((x * cols + c_lo) * deps..(x * cols + c_hi) * deps);
+                    }
+                    current = Some((lo, hi));
+                }
+            }
+        }
+        if let Some((c_lo, c_hi)) = current {
+            f((x * cols + c_lo) * deps..(x * cols + c_hi) * deps);
+        }
     }
-    let all: Vec<Box3>;
-    let boxes: &[Box3] = if n_boxes <= MAX_STACK_BOXES {
-        &boxes[..n_boxes]
-    } else {
-        all = boxes.iter().copied().chain(extra).collect();
-        &all
-    };
-    let mut noise = NoiseRng::new(rng);
-    out_paint_rows(data, shape, boxes, &mut noise);
-    n_boxes as u32
+}
+
+/// Whether block `[origin, origin + size)` shares a voxel with any of `boxes`.
+#[inline]
+pub(crate) fn overlaps_any(origin: [usize; 3], size: [usize; 3], boxes: &[Box3]) -> bool {
+    boxes.iter().fold(false, |any, b| {
+        let mut overlap = true;
+        for axis in 0..3 {
+            overlap &= origin[axis] < b.origin[axis] + b.size[axis]
+                && b.origin[axis] < origin[axis] + size[axis];
+        }
+        any | overlap
+    })
 }
 
 /// Fills box `b` of a C-order buffer of `shape` with noise.

@@ -4,6 +4,7 @@ use ndarray::ArrayViewMut3;
 
 use crate::config::LocalShuffleConfig;
 use crate::flip::dim3;
+use crate::paint::{Box3, overlaps_any};
 use crate::rng::CubeRng;
 use crate::{Error, Result};
 
@@ -32,6 +33,12 @@ pub(crate) struct ShuffleScratch {
 /// On x86_64 CPUs with AVX-512F and AVX-512VL, blocks of at most 4 voxels deep and 124
 /// voxels take a kernel with no branch per row; both kernels make the same draws and
 /// write the same values (a test compares them).
+///
+/// With `needed`, only blocks that share a voxel with one of those boxes are permuted
+/// and written (the others still draw their size and place, not their permutation):
+/// the pair pipeline passes the boxes out-painting will keep, since every other voxel
+/// becomes noise. Inside the boxes the result has the same distribution as shuffling
+/// every block.
 pub(crate) fn shuffle_blocks(
     original: &[f32],
     out: &mut [f32],
@@ -39,6 +46,7 @@ pub(crate) fn shuffle_blocks(
     config: &LocalShuffleConfig,
     rng: &mut CubeRng,
     scratch: &mut ShuffleScratch,
+    needed: Option<&[Box3]>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f")
@@ -47,14 +55,22 @@ pub(crate) fn shuffle_blocks(
     {
         // SAFETY: the CPU has AVX-512F and AVX-512VL (checked above); `prepare_rows`
         // sized the scratch buffers and row table for this shape and config.
-        unsafe { shuffle_blocks_avx512(original, out, shape, config, rng, scratch) };
+        unsafe { shuffle_blocks_avx512(original, out, shape, config, rng, scratch, needed) };
         return;
     }
-    let needed = config.max_block_len(shape);
-    if scratch.block.len() < needed {
-        scratch.block.resize(needed, 0.0);
+    let block_len = config.max_block_len(shape);
+    if scratch.block.len() < block_len {
+        scratch.block.resize(block_len, 0.0);
     }
-    shuffle_blocks_portable(original, out, shape, config, rng, &mut scratch.block);
+    shuffle_blocks_portable(
+        original,
+        out,
+        shape,
+        config,
+        rng,
+        &mut scratch.block,
+        needed,
+    );
 }
 
 /// Largest block depth and voxel count of the AVX-512 kernel: a block row is one
@@ -136,6 +152,7 @@ unsafe fn shuffle_blocks_avx512(
     config: &LocalShuffleConfig,
     rng: &mut CubeRng,
     scratch: &mut ShuffleScratch,
+    needed: Option<&[Box3]>,
 ) {
     use std::arch::x86_64::*;
     let [rows, cols, deps] = shape;
@@ -166,6 +183,9 @@ unsafe fn shuffle_blocks_avx512(
                 (deps - bz + 1) as u64,
             ])
             .map(|v| v as usize);
+        if needed.is_some_and(|boxes| !overlaps_any([x, y, z], [bx, by, bz], boxes)) {
+            continue;
+        }
         let n = bx * by * bz;
         let offsets = &row_offsets[(by - 1) * max_rows..][..bx * by];
         // SAFETY: the block lies inside the cube, so lanes below `bz` of every row
@@ -206,6 +226,7 @@ fn shuffle_blocks_portable(
     config: &LocalShuffleConfig,
     rng: &mut CubeRng,
     buf: &mut [f32],
+    needed: Option<&[Box3]>,
 ) {
     let [rows, cols, deps] = shape;
     let divisor = config.block_divisor as usize;
@@ -223,6 +244,9 @@ fn shuffle_blocks_portable(
                 (deps - bz + 1) as u64,
             ])
             .map(|v| v as usize);
+        if needed.is_some_and(|boxes| !overlaps_any([x, y, z], [bx, by, bz], boxes)) {
+            continue;
+        }
         let n = bx * by * bz;
         let block = &mut buf[..n];
         // Gather.
@@ -324,6 +348,7 @@ pub fn local_pixel_shuffling(
         config,
         rng,
         &mut ShuffleScratch::default(),
+        None,
     );
     Ok(())
 }
@@ -367,7 +392,8 @@ mod tests {
     fn vector_and_portable_kernels_write_the_same_values() {
         // The dispatched kernel (AVX-512 where the CPU has it) against the portable one:
         // same output and same stream position, for the paper's blocks, blocks four
-        // deep, and blocks too deep for the vector kernel.
+        // deep, and blocks too deep for the vector kernel, on the whole cube and
+        // restricted to two boxes.
         for (shape, divisor) in [([64, 64, 32], 10), ([40, 40, 40], 10), ([30, 20, 50], 10)] {
             let config = LocalShuffleConfig {
                 n_blocks: 2_000,
@@ -375,8 +401,23 @@ mod tests {
             };
             let len = shape.iter().product::<usize>();
             let original: Vec<f32> = (0..len).map(|v| v as f32).collect();
+            let boxes = [
+                Box3 {
+                    origin: [3, 4, 5],
+                    size: [10, 8, 6],
+                },
+                Box3 {
+                    origin: [12, 2, 1],
+                    size: [5, 12, 9],
+                },
+            ];
             let mut scratch = ShuffleScratch::default();
-            for seed in 0..4 {
+            for (seed, needed) in [
+                (0, None),
+                (1, None),
+                (2, Some(&boxes[..])),
+                (3, Some(&boxes[..1])),
+            ] {
                 let mut fast = original.clone();
                 let mut rng_fast = cube_rng(seed, 1, 2);
                 shuffle_blocks(
@@ -386,6 +427,7 @@ mod tests {
                     &config,
                     &mut rng_fast,
                     &mut scratch,
+                    needed,
                 );
                 let mut portable = original.clone();
                 let mut rng_portable = cube_rng(seed, 1, 2);
@@ -397,10 +439,65 @@ mod tests {
                     &config,
                     &mut rng_portable,
                     &mut buf,
+                    needed,
                 );
                 assert!(fast == portable, "{shape:?} seed {seed}");
                 assert_eq!(rng_fast, rng_portable);
             }
+        }
+    }
+
+    #[test]
+    fn restricted_shuffle_writes_only_blocks_that_touch_the_boxes() {
+        // With `needed`, a block that misses every box is skipped whole (nothing
+        // outside the union of the touching blocks changes), and every changed voxel
+        // still comes from within five voxels along x and y and two along z.
+        let shape = [64, 64, 32];
+        let config = LocalShuffleConfig::default();
+        let original: Vec<f32> = (0..64 * 64 * 32).map(|v| v as f32).collect();
+        let boxes = [Box3 {
+            origin: [20, 30, 10],
+            size: [12, 9, 7],
+        }];
+        for seed in 0..5 {
+            let mut out = original.clone();
+            let mut rng = cube_rng(seed, 0, 0);
+            shuffle_blocks(
+                &original,
+                &mut out,
+                shape,
+                &config,
+                &mut rng,
+                &mut ShuffleScratch::default(),
+                Some(&boxes),
+            );
+            let mut changed_inside = 0;
+            for (i, (&o, &v)) in original.iter().zip(&out).enumerate() {
+                if o == v {
+                    continue;
+                }
+                let p = [i / 2048, (i / 32) % 64, i % 32];
+                // A block touching the box reaches at most (6-1, 6-1, 3-1) beyond it.
+                for (axis, reach) in [5, 5, 2].into_iter().enumerate() {
+                    let (lo, hi) = (
+                        boxes[0].origin[axis],
+                        boxes[0].origin[axis] + boxes[0].size[axis],
+                    );
+                    assert!(
+                        p[axis] + reach >= lo && p[axis] < hi + reach,
+                        "seed {seed} {p:?}"
+                    );
+                }
+                let s = v as usize;
+                let q = [s / 2048, (s / 32) % 64, s % 32];
+                for (axis, reach) in [5, 5, 2].into_iter().enumerate() {
+                    assert!(p[axis].abs_diff(q[axis]) <= reach);
+                }
+                changed_inside +=
+                    usize::from(boxes[0].contains_row(p[0], p[1]) && (10..17).contains(&p[2]));
+            }
+            // Most of the box's 756 voxels are covered and changed.
+            assert!(changed_inside > 400, "seed {seed}: {changed_inside}");
         }
     }
 
@@ -423,6 +520,7 @@ mod tests {
                 &config,
                 &mut rng,
                 &mut ShuffleScratch::default(),
+                None,
             );
             let changed: Vec<usize> = (0..6000).filter(|&i| out[i] != original[i]).collect();
             let mut before: Vec<f32> = changed.iter().map(|&i| original[i]).collect();
