@@ -39,9 +39,18 @@ impl Box3 {
         Self { origin, size }
     }
 
+    /// The box's extent along `axis`.
+    pub(crate) fn range(&self, axis: usize) -> std::ops::Range<usize> {
+        self.origin[axis]..self.origin[axis] + self.size[axis]
+    }
+
     pub(crate) fn contains_row(&self, x: usize, y: usize) -> bool {
-        (self.origin[0]..self.origin[0] + self.size[0]).contains(&x)
-            && (self.origin[1]..self.origin[1] + self.size[1]).contains(&y)
+        self.range(0).contains(&x) && self.range(1).contains(&y)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn contains(&self, [x, y, z]: [usize; 3]) -> bool {
+        self.contains_row(x, y) && self.range(2).contains(&z)
     }
 }
 
@@ -139,90 +148,60 @@ impl Painting {
 
     /// Writes the noise into a C-order buffer of `shape`; returns the number of boxes.
     pub(crate) fn apply(mut self, data: &mut [f32], shape: [usize; 3]) -> u32 {
-        if self.inside {
-            for b in self.boxes.as_slice() {
-                fill_box(data, shape, b, &mut self.noise);
-            }
-        } else {
-            out_paint_rows(data, shape, self.boxes.as_slice(), &mut self.noise);
-        }
+        paint(
+            data,
+            shape,
+            self.boxes.as_slice(),
+            self.inside,
+            &mut self.noise,
+        );
         self.boxes.len as u32
     }
 }
 
-/// In-painting on a C-order buffer: up to `max_boxes` times, while a uniform draw is
-/// below `box_rate`, fill a random box with uniform noise. Returns the number of boxes.
-pub(crate) fn in_paint_slice(
-    data: &mut [f32],
-    shape: [usize; 3],
-    config: &InPaintConfig,
-    rng: &mut CubeRng,
-) -> u32 {
-    Painting::draw_in(shape, config, rng).apply(data, shape)
-}
-
-/// Out-painting on a C-order buffer: one random box plus up to `max_extra_boxes` more
-/// (each while a uniform draw is below `box_rate`) keep their values; every other voxel
-/// becomes uniform noise. Returns the number of boxes kept.
-///
-/// The original first fills the whole cube with noise and then restores the boxes from a
-/// copy; drawing the boxes first and keeping their voxels while the rest is filled
-/// gives the same distribution without the copy.
-pub(crate) fn out_paint_slice(
-    data: &mut [f32],
-    shape: [usize; 3],
-    config: &OutPaintConfig,
-    rng: &mut CubeRng,
-) -> u32 {
-    Painting::draw_out(shape, config, rng).apply(data, shape)
-}
-
 /// Calls `f` with each run of whole rows (a range of the C-order buffer of `shape`)
-/// that holds a voxel of `boxes`: per plane x, the union of the boxes' y-ranges.
+/// that holds a voxel of `boxes`: per plane x, the maximal runs of rows y that some box
+/// covers.
 pub(crate) fn for_each_row_run_in(
     shape: [usize; 3],
     boxes: &[Box3],
     mut f: impl FnMut(std::ops::Range<usize>),
 ) {
     let [rows, cols, deps] = shape;
-    let mut spans = [(0usize, 0usize); MAX_STACK_BOXES];
+    let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
     for x in 0..rows {
-        let crossing = boxes
-            .iter()
-            .filter(|b| (b.origin[0]..b.origin[0] + b.size[0]).contains(&x));
-        if boxes.len() > MAX_STACK_BOXES {
-            // Many boxes (custom configs): row by row.
-            for y in 0..cols {
-                if crossing.clone().any(|b| b.contains_row(x, y)) {
-                    let start = (x * cols + y) * deps;
-                    f(start..start + deps);
+        let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
+        let mut run_start = None;
+        for y in 0..=cols {
+            let covered = y < cols && plane_boxes.iter().any(|b| b.contains_row(x, y));
+            match (covered, run_start) {
+                (true, None) => run_start = Some(y),
+                (false, Some(start)) => {
+                    f((x * cols + start) * deps..(x * cols + y) * deps);
+                    run_start = None;
                 }
+                _ => {}
             }
-            continue;
-        }
-        let mut n = 0;
-        for b in crossing {
-            spans[n] = (b.origin[1], b.origin[1] + b.size[1]);
-            n += 1;
-        }
-        let spans = &mut spans[..n];
-        spans.sort_unstable();
-        let mut current: Option<(usize, usize)> = None;
-        for &(lo, hi) in spans.iter() {
-            match current {
-                Some((c_lo, c_hi)) if lo <= c_hi => current = Some((c_lo, c_hi.max(hi))),
-                _ => {
-                    if let Some((c_lo, c_hi)) = current {
-                        f((x * cols + c_lo) * deps..(x * cols + c_hi) * deps);
-                    }
-                    current = Some((lo, hi));
-                }
-            }
-        }
-        if let Some((c_lo, c_hi)) = current {
-            f((x * cols + c_lo) * deps..(x * cols + c_hi) * deps);
         }
     }
+}
+
+/// The boxes that cross plane x, copied into `buf` (all of `boxes` when there are more
+/// than it holds; callers test rows against them anyway).
+fn boxes_in_plane<'a>(
+    boxes: &'a [Box3],
+    x: usize,
+    buf: &'a mut [Box3; MAX_STACK_BOXES],
+) -> &'a [Box3] {
+    if boxes.len() > MAX_STACK_BOXES {
+        return boxes;
+    }
+    let mut n = 0;
+    for b in boxes.iter().filter(|b| b.range(0).contains(&x)) {
+        buf[n] = *b;
+        n += 1;
+    }
+    &buf[..n]
 }
 
 /// Whether block `[origin, origin + size)` shares a voxel with any of `boxes`.
@@ -231,42 +210,62 @@ pub(crate) fn overlaps_any(origin: [usize; 3], size: [usize; 3], boxes: &[Box3])
     boxes.iter().fold(false, |any, b| {
         let mut overlap = true;
         for axis in 0..3 {
-            overlap &= origin[axis] < b.origin[axis] + b.size[axis]
-                && b.origin[axis] < origin[axis] + size[axis];
+            overlap &=
+                origin[axis] < b.range(axis).end && b.origin[axis] < origin[axis] + size[axis];
         }
         any | overlap
     })
 }
 
-/// Fills box `b` of a C-order buffer of `shape` with noise.
-fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut NoiseRng) {
+/// Writes a painting's noise into a C-order buffer of `shape`: inside `boxes`
+/// (in-painting) or everywhere outside them (out-painting).
+fn paint(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], inside: bool, noise: &mut NoiseRng) {
     #[cfg(target_arch = "x86_64")]
     if let Some(mut lanes) = crate::rng::NoiseLanes::load(noise) {
         // SAFETY: `NoiseLanes::load` succeeds only on CPUs with AVX-512F.
-        unsafe { fill_box_avx512(data, shape, b, &mut lanes) };
+        unsafe { paint_avx512(data, shape, boxes, inside, &mut lanes) };
         lanes.store(noise);
         return;
     }
-    fill_box_with(data, shape, b, noise);
+    paint_with(data, shape, boxes, inside, noise);
 }
 
-/// [`fill_box_with`] compiled for AVX-512F, the noise lanes staying in registers.
+/// [`paint_with`] compiled for AVX-512F, the noise lanes staying in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn fill_box_avx512(
+fn paint_avx512(
     data: &mut [f32],
     shape: [usize; 3],
-    b: &Box3,
+    boxes: &[Box3],
+    inside: bool,
     lanes: &mut crate::rng::NoiseLanes,
 ) {
-    fill_box_with(data, shape, b, lanes);
+    paint_with(data, shape, boxes, inside, lanes);
 }
 
 #[inline(always)]
-fn fill_box_with(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl NoiseFill) {
+fn paint_with(
+    data: &mut [f32],
+    shape: [usize; 3],
+    boxes: &[Box3],
+    inside: bool,
+    noise: &mut impl NoiseFill,
+) {
+    if inside {
+        for b in boxes {
+            fill_box(data, shape, b, noise);
+        }
+    } else {
+        out_paint_rows(data, shape, boxes, noise);
+    }
+}
+
+/// Fills box `b` of a C-order buffer of `shape` with noise.
+#[inline(always)]
+fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl NoiseFill) {
     let [_, cols, deps] = shape;
-    for x in b.origin[0]..b.origin[0] + b.size[0] {
-        for y in b.origin[1]..b.origin[1] + b.size[1] {
+    for x in b.range(0) {
+        for y in b.range(1) {
             let start = (x * cols + y) * deps + b.origin[2];
             noise.fill(&mut data[start..start + b.size[2]]);
         }
@@ -277,51 +276,12 @@ fn fill_box_with(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl
 /// row (x, y) and run of up to 64 voxels along z, a bit mask marks the kept voxels;
 /// every run that is not kept entirely takes the same number of noise values, so
 /// the stream depends only on the boxes.
-fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut NoiseRng) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(mut lanes) = crate::rng::NoiseLanes::load(noise) {
-        // SAFETY: `NoiseLanes::load` succeeds only on CPUs with AVX-512F.
-        unsafe { out_paint_rows_avx512(data, shape, boxes, &mut lanes) };
-        lanes.store(noise);
-        return;
-    }
-    out_paint_rows_with(data, shape, boxes, noise);
-}
-
-/// [`out_paint_rows_with`] compiled for AVX-512F, the noise lanes staying in registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn out_paint_rows_avx512(
-    data: &mut [f32],
-    shape: [usize; 3],
-    boxes: &[Box3],
-    lanes: &mut crate::rng::NoiseLanes,
-) {
-    out_paint_rows_with(data, shape, boxes, lanes);
-}
-
 #[inline(always)]
-fn out_paint_rows_with(
-    data: &mut [f32],
-    shape: [usize; 3],
-    boxes: &[Box3],
-    noise: &mut impl NoiseFill,
-) {
+fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut impl NoiseFill) {
     let [rows, cols, deps] = shape;
-    // The boxes that cross plane x, gathered once per plane (all of them past 16).
     let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
     for x in 0..rows {
-        let crossing = |b: &&Box3| (b.origin[0]..b.origin[0] + b.size[0]).contains(&x);
-        let plane_boxes: &[Box3] = if boxes.len() <= MAX_STACK_BOXES {
-            let mut n = 0;
-            for b in boxes.iter().filter(crossing) {
-                in_plane[n] = *b;
-                n += 1;
-            }
-            &in_plane[..n]
-        } else {
-            boxes
-        };
+        let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
         for y in 0..cols {
             let row = &mut data[(x * cols + y) * deps..(x * cols + y + 1) * deps];
             for (run_index, run) in row.chunks_mut(64).enumerate() {
@@ -330,7 +290,7 @@ fn out_paint_rows_with(
                 let mut keep = 0u64;
                 for b in plane_boxes.iter().filter(|b| b.contains_row(x, y)) {
                     let start = b.origin[2].max(run_start);
-                    let end = (b.origin[2] + b.size[2]).min(run_end);
+                    let end = b.range(2).end.min(run_end);
                     if start < end {
                         keep |= low_bits(end - start) << (start - run_start);
                     }
@@ -364,7 +324,7 @@ pub fn in_painting(
     let data = cube.as_slice_mut().ok_or(Error::NotContiguous {
         what: "in-painted cube",
     })?;
-    Ok(in_paint_slice(data, shape, config, rng))
+    Ok(Painting::draw_in(shape, config, rng).apply(data, shape))
 }
 
 /// Out-painting of one cube in place: every voxel becomes uniform noise in `[0, 1)`
@@ -372,6 +332,10 @@ pub fn in_painting(
 /// `max_extra_boxes` more such boxes (each while a uniform draw is below `box_rate`),
 /// which keep their values bit-exact. Always applies. `cube` must be in standard (C)
 /// layout. Returns the number of boxes kept.
+///
+/// The original first fills the whole cube with noise and then restores the boxes from a
+/// copy; drawing the boxes first and keeping their voxels while the rest is filled
+/// gives the same distribution without the copy.
 pub fn out_painting(
     mut cube: ArrayViewMut3<'_, f32>,
     config: &OutPaintConfig,
@@ -382,7 +346,7 @@ pub fn out_painting(
     let data = cube.as_slice_mut().ok_or(Error::NotContiguous {
         what: "out-painted cube",
     })?;
-    Ok(out_paint_slice(data, shape, config, rng))
+    Ok(Painting::draw_out(shape, config, rng).apply(data, shape))
 }
 
 #[cfg(test)]
@@ -416,9 +380,7 @@ mod tests {
             let boxes = replay_out_boxes(seed, shape, &config);
             assert_eq!(n as usize, boxes.len());
             for ((i, j, k), &v) in cube.indexed_iter() {
-                let kept = boxes.iter().any(|b| {
-                    b.contains_row(i, j) && (b.origin[2]..b.origin[2] + b.size[2]).contains(&k)
-                });
+                let kept = boxes.iter().any(|b| b.contains([i, j, k]));
                 if kept {
                     assert_eq!(v.to_bits(), original[(i, j, k)].to_bits());
                 } else {
@@ -448,14 +410,21 @@ mod tests {
             let mut portable = fast.clone();
             let mut noise = NoiseRng::new(&mut cube_rng(seed, 1, 0));
             let mut twin = noise.clone();
-            out_paint_rows(&mut fast, shape, &boxes, &mut noise);
-            out_paint_rows_with(&mut portable, shape, &boxes, &mut PortableNoise(&mut twin));
-            assert!(fast == portable, "seed {seed}");
-            fill_box(&mut fast, shape, &boxes[0], &mut noise);
-            fill_box_with(
+            paint(&mut fast, shape, &boxes, false, &mut noise);
+            paint_with(
                 &mut portable,
                 shape,
-                &boxes[0],
+                &boxes,
+                false,
+                &mut PortableNoise(&mut twin),
+            );
+            assert!(fast == portable, "seed {seed}");
+            paint(&mut fast, shape, &boxes[..1], true, &mut noise);
+            paint_with(
+                &mut portable,
+                shape,
+                &boxes[..1],
+                true,
                 &mut PortableNoise(&mut twin),
             );
             assert!(fast == portable, "seed {seed}");

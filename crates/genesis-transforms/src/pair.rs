@@ -328,6 +328,18 @@ mod tests {
         assert_eq!(target, cube);
     }
 
+    /// The paper's config without flips, always out-painted, with these two rates.
+    fn always_out_painted(local_rate: f64, nonlinear_rate: f64) -> TransformConfig {
+        TransformConfig {
+            flip_rate: 0.0,
+            local_rate,
+            nonlinear_rate,
+            paint_rate: 1.0,
+            inpaint_rate: 0.0,
+            ..TransformConfig::paper()
+        }
+    }
+
     #[test]
     fn out_painted_pairs_shuffle_kept_voxels_as_a_full_shuffle_would() {
         // Under out-painting the pipeline shuffles only blocks that touch a kept box.
@@ -339,14 +351,7 @@ mod tests {
         let cube =
             Array3::from_shape_fn((64, 64, 32), |(i, j, k)| (2 + i * 2048 + j * 32 + k) as f32);
         let values = cube.as_slice().unwrap();
-        let config = TransformConfig {
-            flip_rate: 0.0,
-            local_rate: 1.0,
-            nonlinear_rate: 0.0,
-            paint_rate: 1.0,
-            inpaint_rate: 0.0,
-            ..TransformConfig::paper()
-        };
+        let config = always_out_painted(1.0, 0.0);
         let mut scratch = PairScratch::new(shape);
         let mut input = Array3::zeros((64, 64, 32));
         let mut target = Array3::zeros((64, 64, 32));
@@ -395,10 +400,7 @@ mod tests {
             for_each_row_run_in(shape, painting.boxes.as_slice(), |run| {
                 for i in run {
                     let p = [i / 2048, (i / 32) % 64, i % 32];
-                    let kept = painting.boxes.as_slice().iter().any(|b| {
-                        b.contains_row(p[0], p[1])
-                            && (b.origin[2]..b.origin[2] + b.size[2]).contains(&p[2])
-                    });
+                    let kept = painting.boxes.as_slice().iter().any(|b| b.contains(p));
                     if kept {
                         full.0 += usize::from(out[i] != values[i]);
                         full.1 += 1;
@@ -423,14 +425,7 @@ mod tests {
         let cube = Array3::from_shape_fn((64, 64, 32), |(i, j, k)| {
             ((i * 7 + j * 3 + k) % 89) as f32 / 89.0
         });
-        let config = TransformConfig {
-            flip_rate: 0.0,
-            local_rate: 0.0,
-            nonlinear_rate: 1.0,
-            paint_rate: 1.0,
-            inpaint_rate: 0.0,
-            ..TransformConfig::paper()
-        };
+        let config = always_out_painted(0.0, 1.0);
         let mut scratch = PairScratch::new(shape);
         let mut input = Array3::zeros((64, 64, 32));
         let mut target = Array3::zeros((64, 64, 32));
@@ -454,9 +449,11 @@ mod tests {
             let painting = Painting::draw_out(shape, &config.out_paint, &mut replay);
             let mut kept = 0;
             for ((i, j, k), &v) in input.indexed_iter() {
-                let inside = painting.boxes.as_slice().iter().any(|b| {
-                    b.contains_row(i, j) && (b.origin[2]..b.origin[2] + b.size[2]).contains(&k)
-                });
+                let inside = painting
+                    .boxes
+                    .as_slice()
+                    .iter()
+                    .any(|b| b.contains([i, j, k]));
                 if inside {
                     assert_eq!(
                         v.to_bits(),

@@ -73,6 +73,34 @@ pub(crate) fn shuffle_blocks(
     );
 }
 
+/// The largest block per axis: `dim / block_divisor` (at least 1 once the config is
+/// validated for the shape).
+fn max_block_size(shape: [usize; 3], config: &LocalShuffleConfig) -> [usize; 3] {
+    let divisor = config.block_divisor as usize;
+    shape.map(|dim| dim / divisor)
+}
+
+/// Draws the next block, in the original's order: sizes (bx, by, bz) in `1..=max_size`,
+/// then its origin. `None` when `needed` is given and the block misses every box (its
+/// permutation is then not drawn; see [`shuffle_blocks`]). Both kernels draw through
+/// this, so their streams stay the same.
+#[inline(always)]
+fn next_block(
+    rng: &mut CubeRng,
+    shape: [usize; 3],
+    max_size: [usize; 3],
+    needed: Option<&[Box3]>,
+) -> Option<([usize; 3], [usize; 3])> {
+    let size = rng
+        .below_batch(max_size.map(|m| m as u64))
+        .map(|v| v as usize + 1);
+    let origin = rng
+        .below_batch([0, 1, 2].map(|axis| (shape[axis] - size[axis] + 1) as u64))
+        .map(|v| v as usize);
+    let skipped = needed.is_some_and(|boxes| !overlaps_any(origin, size, boxes));
+    (!skipped).then_some((origin, size))
+}
+
 /// Largest block depth and voxel count of the AVX-512 kernel: a block row is one
 /// 4-lane vector, and the permuted indices plus a row's slack fit 128 bytes.
 const VECTOR_MAX_DEPTH: usize = 4;
@@ -105,9 +133,8 @@ impl ShuffleScratch {
     /// Readies the AVX-512 kernel's buffers for `shape` and `config`; false when its
     /// blocks are too large for that kernel (or its row offsets for 32 bits).
     fn prepare_rows(&mut self, shape: [usize; 3], config: &LocalShuffleConfig) -> bool {
-        let [rows, cols, deps] = shape;
-        let divisor = config.block_divisor as usize;
-        let max_size = [rows / divisor, cols / divisor, deps / divisor];
+        let [_, cols, deps] = shape;
+        let max_size = max_block_size(shape, config);
         let fits = max_size[2] <= VECTOR_MAX_DEPTH
             && max_size.iter().product::<usize>() <= VECTOR_MAX_VOXELS
             && u32::try_from(max_size[0] * cols * deps).is_ok();
@@ -156,8 +183,7 @@ unsafe fn shuffle_blocks_avx512(
 ) {
     use std::arch::x86_64::*;
     let [rows, cols, deps] = shape;
-    let divisor = config.block_divisor as usize;
-    let max_size = [rows / divisor, cols / divisor, deps / divisor];
+    let max_size = max_block_size(shape, config);
     let max_rows = max_size[0] * max_size[1];
     let row_stride = cols * deps;
     debug_assert_eq!(original.len(), rows * cols * deps);
@@ -173,19 +199,9 @@ unsafe fn shuffle_blocks_avx512(
         .unwrap_or_else(|_| unreachable!("prepare_rows made the pool 128 long"));
     let gathered = block.as_mut_ptr();
     for _ in 0..config.n_blocks {
-        let [bx, by, bz] = rng
-            .below_batch(max_size.map(|m| m as u64))
-            .map(|v| v as usize + 1);
-        let [x, y, z] = rng
-            .below_batch([
-                (rows - bx + 1) as u64,
-                (cols - by + 1) as u64,
-                (deps - bz + 1) as u64,
-            ])
-            .map(|v| v as usize);
-        if needed.is_some_and(|boxes| !overlaps_any([x, y, z], [bx, by, bz], boxes)) {
+        let Some(([x, y, z], [bx, by, bz])) = next_block(rng, shape, max_size, needed) else {
             continue;
-        }
+        };
         let n = bx * by * bz;
         let offsets = &row_offsets[(by - 1) * max_rows..][..bx * by];
         // SAFETY: the block lies inside the cube, so lanes below `bz` of every row
@@ -205,7 +221,7 @@ unsafe fn shuffle_blocks_avx512(
                 k += bz;
             }
             *pool = IOTA;
-            permute_indices(&mut pool[..n], rng);
+            permute(&mut pool[..n], rng);
             let mut k = 0;
             for &offset in offsets {
                 let value = |lane: usize| *gathered.add(usize::from(pool[k + lane]));
@@ -229,24 +245,15 @@ fn shuffle_blocks_portable(
     needed: Option<&[Box3]>,
 ) {
     let [rows, cols, deps] = shape;
-    let divisor = config.block_divisor as usize;
-    let max_size = [rows / divisor, cols / divisor, deps / divisor].map(|m| m as u64);
+    let max_size = max_block_size(shape, config);
     debug_assert!(max_size.iter().all(|&m| m >= 1));
     debug_assert_eq!(original.len(), rows * cols * deps);
     debug_assert_eq!(out.len(), original.len());
     let row_stride = cols * deps;
     for _ in 0..config.n_blocks {
-        let [bx, by, bz] = rng.below_batch(max_size).map(|v| v as usize + 1);
-        let [x, y, z] = rng
-            .below_batch([
-                (rows - bx + 1) as u64,
-                (cols - by + 1) as u64,
-                (deps - bz + 1) as u64,
-            ])
-            .map(|v| v as usize);
-        if needed.is_some_and(|boxes| !overlaps_any([x, y, z], [bx, by, bz], boxes)) {
+        let Some(([x, y, z], [bx, by, bz])) = next_block(rng, shape, max_size, needed) else {
             continue;
-        }
+        };
         let n = bx * by * bz;
         let block = &mut buf[..n];
         // Gather.
@@ -286,20 +293,10 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Uniform random permutation in place (Fisher-Yates), drawing up to six swap partners
-/// from one 64-bit draw for small buffers.
-#[inline]
-pub(crate) fn permute(values: &mut [f32], rng: &mut CubeRng) {
-    permute_generic(values, rng);
-}
-
-/// [`permute`] of voxel indices: the same draws and swaps.
-#[inline]
-fn permute_indices(values: &mut [u8], rng: &mut CubeRng) {
-    permute_generic(values, rng);
-}
-
+/// from one 64-bit draw for small buffers. The kernels permute values (portable) or
+/// voxel indices (AVX-512) with the same draws and swaps.
 #[inline(always)]
-fn permute_generic<T>(values: &mut [T], rng: &mut CubeRng) {
+fn permute<T>(values: &mut [T], rng: &mut CubeRng) {
     let n = values.len();
     if n < 2 {
         return;
