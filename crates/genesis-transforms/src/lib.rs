@@ -64,6 +64,7 @@ mod extract;
 mod flip;
 mod paint;
 mod pair;
+mod permutations;
 mod rng;
 mod shuffle;
 

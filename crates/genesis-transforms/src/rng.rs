@@ -205,10 +205,23 @@ impl NoiseRng {
     /// One xoshiro256++ step of every lane, as [`NOISE_BLOCK`] values: the top 24 bits
     /// of each lane's output, then bits 8 to 31.
     fn step(&mut self) -> [f32; NOISE_BLOCK] {
-        let [s0, s1, s2, s3] = &mut self.state;
+        let results = self.step_raw();
         let mut values = [0f32; NOISE_BLOCK];
-        for lane in 0..NOISE_LANES {
-            let result = s0[lane]
+        for (lane, result) in results.into_iter().enumerate() {
+            values[lane] = (result >> 40) as i32 as f32 * NOISE_SCALE;
+            values[NOISE_LANES + lane] = ((result >> 8) & 0xff_ffff) as i32 as f32 * NOISE_SCALE;
+        }
+        values
+    }
+
+    /// One xoshiro256++ step of every lane: the lanes' 64-bit outputs, the portable
+    /// counterpart of [`step_lanes`].
+    #[inline]
+    pub(crate) fn step_raw(&mut self) -> [u64; NOISE_LANES] {
+        let [s0, s1, s2, s3] = &mut self.state;
+        let mut results = [0u64; NOISE_LANES];
+        for (lane, result) in results.iter_mut().enumerate() {
+            *result = s0[lane]
                 .wrapping_add(s3[lane])
                 .rotate_left(23)
                 .wrapping_add(s0[lane]);
@@ -219,11 +232,33 @@ impl NoiseRng {
             s0[lane] ^= s3[lane];
             s2[lane] ^= t;
             s3[lane] = s3[lane].rotate_left(45);
-            values[lane] = (result >> 40) as i32 as f32 * NOISE_SCALE;
-            values[NOISE_LANES + lane] = ((result >> 8) & 0xff_ffff) as i32 as f32 * NOISE_SCALE;
         }
-        values
+        results
     }
+}
+
+/// One xoshiro256++ step of eight lanes held in AVX-512 registers (words `s0..s3` of
+/// every lane): the lanes' outputs, as [`NoiseRng::step_raw`] computes them.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) fn step_lanes(
+    state: &mut [std::arch::x86_64::__m512i; 4],
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let [s0, s1, s2, s3] = state;
+    let result = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(*s0, *s3)), *s0);
+    let t = _mm512_slli_epi64::<17>(*s1);
+    *s2 = _mm512_xor_si512(*s2, *s0);
+    *s3 = _mm512_xor_si512(*s3, *s1);
+    *s1 = _mm512_xor_si512(*s1, *s2);
+    *s0 = _mm512_xor_si512(*s0, *s3);
+    *s2 = _mm512_xor_si512(*s2, t);
+    *s3 = _mm512_rol_epi64::<45>(*s3);
+    result
 }
 
 /// Fills runs of noise: [`NoiseRng`] itself, or its lanes held in AVX-512 registers
@@ -252,7 +287,7 @@ impl NoiseFill for NoiseRng {
 /// state for every row. Only exists on CPUs with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 pub(crate) struct NoiseLanes {
-    state: [std::arch::x86_64::__m512i; 4],
+    pub(crate) state: [std::arch::x86_64::__m512i; 4],
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -301,18 +336,10 @@ impl NoiseLanes {
     #[inline]
     fn fill_except_avx512(&mut self, out: &mut [f32], keep: u64) {
         use std::arch::x86_64::*;
-        let [mut s0, mut s1, mut s2, mut s3] = self.state;
         let low24 = _mm512_set1_epi64(0xff_ffff);
         let scale = _mm512_set1_ps(NOISE_SCALE);
         for start in (0..out.len()).step_by(NOISE_BLOCK) {
-            let result = _mm512_add_epi64(_mm512_rol_epi64::<23>(_mm512_add_epi64(s0, s3)), s0);
-            let t = _mm512_slli_epi64::<17>(s1);
-            s2 = _mm512_xor_si512(s2, s0);
-            s3 = _mm512_xor_si512(s3, s1);
-            s1 = _mm512_xor_si512(s1, s2);
-            s0 = _mm512_xor_si512(s0, s3);
-            s2 = _mm512_xor_si512(s2, t);
-            s3 = _mm512_rol_epi64::<45>(s3);
+            let result = step_lanes(&mut self.state);
             let high = _mm512_cvtepi64_epi32(_mm512_srli_epi64::<40>(result));
             let low =
                 _mm512_cvtepi64_epi32(_mm512_and_si512(_mm512_srli_epi64::<8>(result), low24));
@@ -325,7 +352,6 @@ impl NoiseLanes {
             // `len`, so every store is inside `out`.
             unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(start), mask, values) };
         }
-        self.state = [s0, s1, s2, s3];
     }
 }
 

@@ -5,20 +5,29 @@ use ndarray::ArrayViewMut3;
 use crate::config::LocalShuffleConfig;
 use crate::flip::dim3;
 use crate::paint::{Box3, overlaps_any};
+use crate::permutations::{MAX_LEN, Permutations, SLACK_ROWS};
 use crate::rng::CubeRng;
 use crate::{Error, Result};
 
 /// Reusable buffers for [`shuffle_blocks`]: no allocation per cube in steady state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ShuffleScratch {
-    /// One block's values (the portable kernel) or its gathered rows (the AVX-512 one).
+    /// One block's values (portable kernels) or its gathered rows (the AVX-512 one).
     block: Vec<f32>,
-    /// The AVX-512 kernel's permutation of a block's voxel indices.
-    pool: Vec<u8>,
+    /// This cube's blocks, in draw order, and their permutations.
+    blocks: Vec<Block>,
+    perms: Permutations,
     /// The AVX-512 kernel's row offsets per block height, and the (shape, largest block)
     /// they were made for.
     rows: Vec<u32>,
     rows_key: Option<([usize; 3], [usize; 3])>,
+}
+
+/// One drawn block: its first voxel's index in the cube and its size.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    start: u32,
+    size: [u8; 3],
 }
 
 /// Shuffles `n_blocks` random blocks: each block is read from `original`, its voxels are
@@ -28,11 +37,14 @@ pub(crate) struct ShuffleScratch {
 /// `original` and `out` are C-order buffers of `shape`; the caller has validated the
 /// config for `shape`.
 ///
-/// Per block the draws are the original's: sizes (bx, by, bz), then origin (x, y, z);
-/// the permutation then comes from the same stream (the original uses `np.random`).
-/// On x86_64 CPUs with AVX-512F and AVX-512VL, blocks of at most 4 voxels deep and 124
-/// voxels take a kernel with no branch per row; both kernels make the same draws and
-/// write the same values (a test compares them).
+/// Per block the draws are the original's: sizes (bx, by, bz), then origin (x, y, z).
+/// When blocks hold at most [`MAX_LEN`] voxels (the paper's hold at most 108), all
+/// blocks are drawn first and their permutations then come sixteen at a time from
+/// vector lanes ([`Permutations`]); larger blocks draw each permutation after the
+/// block, from the same stream. On x86_64 CPUs with AVX-512F and AVX-512VL, blocks of
+/// at most 4 voxels deep are also moved by a kernel with no branch per row. Every path
+/// for a given config makes the same draws and writes the same values (a test compares
+/// them).
 ///
 /// With `needed`, only blocks that share a voxel with one of those boxes are permuted
 /// and written (the others still draw their size and place, not their permutation):
@@ -49,28 +61,52 @@ pub(crate) fn shuffle_blocks(
     needed: Option<&[Box3]>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && scratch.prepare_rows(shape, config)
-    {
-        // SAFETY: the CPU has AVX-512F and AVX-512VL (checked above); `prepare_rows`
-        // sized the scratch buffers and row table for this shape and config.
-        unsafe { shuffle_blocks_avx512(original, out, shape, config, rng, scratch, needed) };
-        return;
-    }
-    let block_len = config.max_block_len(shape);
+    let vector = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl");
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = false;
+    shuffle_blocks_with(original, out, shape, config, rng, scratch, needed, vector);
+}
+
+/// [`shuffle_blocks`] with the choice of AVX-512 paths made by the caller (`vector`:
+/// the CPU has AVX-512F and AVX-512VL).
+#[allow(clippy::too_many_arguments)]
+fn shuffle_blocks_with(
+    original: &[f32],
+    out: &mut [f32],
+    shape: [usize; 3],
+    config: &LocalShuffleConfig,
+    rng: &mut CubeRng,
+    scratch: &mut ShuffleScratch,
+    needed: Option<&[Box3]>,
+    vector: bool,
+) {
+    let block_len = config.max_block_len(shape).max(MAX_LEN + SLACK_ROWS);
     if scratch.block.len() < block_len {
         scratch.block.resize(block_len, 0.0);
     }
-    shuffle_blocks_portable(
-        original,
-        out,
-        shape,
-        config,
-        rng,
-        &mut scratch.block,
-        needed,
-    );
+    if !lanes_fit(shape, config) {
+        shuffle_blocks_in_order(
+            original,
+            out,
+            shape,
+            config,
+            rng,
+            &mut scratch.block,
+            needed,
+        );
+        return;
+    }
+    scratch.draw_blocks(shape, config, rng, needed, vector);
+    #[cfg(target_arch = "x86_64")]
+    if vector && scratch.prepare_rows(shape, config) {
+        // SAFETY: the CPU has AVX-512F and AVX-512VL (the caller's `vector`);
+        // `prepare_rows` made the row table for this shape and config, and
+        // `draw_blocks` the blocks and their permutations.
+        unsafe { write_blocks_avx512(original, out, shape, config, scratch) };
+        return;
+    }
+    write_blocks_portable(original, out, shape, scratch);
 }
 
 /// The largest block per axis: `dim / block_divisor` (at least 1 once the config is
@@ -80,9 +116,16 @@ fn max_block_size(shape: [usize; 3], config: &LocalShuffleConfig) -> [usize; 3] 
     shape.map(|dim| dim / divisor)
 }
 
+/// Whether blocks are small enough for [`Permutations`] and the cube for 32-bit
+/// voxel indices.
+fn lanes_fit(shape: [usize; 3], config: &LocalShuffleConfig) -> bool {
+    max_block_size(shape, config).iter().product::<usize>() <= MAX_LEN
+        && u32::try_from(shape.iter().product::<usize>()).is_ok()
+}
+
 /// Draws the next block, in the original's order: sizes (bx, by, bz) in `1..=max_size`,
 /// then its origin. `None` when `needed` is given and the block misses every box (its
-/// permutation is then not drawn; see [`shuffle_blocks`]). Both kernels draw through
+/// permutation is then not drawn; see [`shuffle_blocks`]). Every kernel draws through
 /// this, so their streams stay the same.
 #[inline(always)]
 fn next_block(
@@ -101,21 +144,8 @@ fn next_block(
     (!skipped).then_some((origin, size))
 }
 
-/// Largest block depth and voxel count of the AVX-512 kernel: a block row is one
-/// 4-lane vector, and the permuted indices plus a row's slack fit 128 bytes.
+/// Largest block depth of the AVX-512 kernel: a block row is one 4-lane vector.
 const VECTOR_MAX_DEPTH: usize = 4;
-const VECTOR_MAX_VOXELS: usize = 128 - VECTOR_MAX_DEPTH;
-
-/// 0, 1, ..., 127: the identity permutation a block starts from.
-const IOTA: [u8; 128] = {
-    let mut table = [0u8; 128];
-    let mut i = 0;
-    while i < 128 {
-        table[i] = i as u8;
-        i += 1;
-    }
-    table
-};
 
 impl ShuffleScratch {
     /// Sizes the buffers for `shape` and `config` ahead of the first cube.
@@ -124,19 +154,48 @@ impl ShuffleScratch {
             return;
         }
         self.prepare_rows(shape, config);
-        let needed = config.max_block_len(shape);
+        let needed = config.max_block_len(shape).max(MAX_LEN + SLACK_ROWS);
         if self.block.len() < needed {
             self.block.resize(needed, 0.0);
         }
+        self.blocks.reserve(config.n_blocks as usize);
     }
 
-    /// Readies the AVX-512 kernel's buffers for `shape` and `config`; false when its
-    /// blocks are too large for that kernel (or its row offsets for 32 bits).
+    /// Draws every block of the cube (those `needed` asks for) and then their
+    /// permutations; `lanes_fit(shape, config)` holds.
+    fn draw_blocks(
+        &mut self,
+        shape: [usize; 3],
+        config: &LocalShuffleConfig,
+        rng: &mut CubeRng,
+        needed: Option<&[Box3]>,
+        vector: bool,
+    ) {
+        let [_, cols, deps] = shape;
+        let max_size = max_block_size(shape, config);
+        self.blocks.clear();
+        self.perms.clear();
+        for _ in 0..config.n_blocks {
+            if let Some(([x, y, z], size)) = next_block(rng, shape, max_size, needed) {
+                self.blocks.push(Block {
+                    // Below the cube's length, which fits 32 bits (`lanes_fit`); the
+                    // sizes are at most MAX_LEN.
+                    start: ((x * cols + y) * deps + z) as u32,
+                    size: size.map(|s| s as u8),
+                });
+                self.perms.push(size.iter().product());
+            }
+        }
+        self.perms.draw(rng, vector);
+    }
+
+    /// Readies the AVX-512 kernel's row table for `shape` and `config`; false when its
+    /// blocks are too deep for that kernel (or its row offsets for 32 bits).
     fn prepare_rows(&mut self, shape: [usize; 3], config: &LocalShuffleConfig) -> bool {
         let [_, cols, deps] = shape;
         let max_size = max_block_size(shape, config);
         let fits = max_size[2] <= VECTOR_MAX_DEPTH
-            && max_size.iter().product::<usize>() <= VECTOR_MAX_VOXELS
+            && max_size.iter().product::<usize>() <= MAX_LEN
             && u32::try_from(max_size[0] * cols * deps).is_ok();
         if !fits {
             return false;
@@ -151,67 +210,89 @@ impl ShuffleScratch {
             }
             self.rows_key = Some((shape, max_size));
         }
-        // Gathered rows are stored four lanes wide; indices past a block read slack.
-        if self.block.len() < 128 + VECTOR_MAX_DEPTH {
-            self.block.resize(128 + VECTOR_MAX_DEPTH, 0.0);
-        }
-        if self.pool.len() < 128 {
-            self.pool.resize(128, 0);
-        }
         true
     }
 }
 
-/// [`shuffle_blocks_portable`] with the block's rows moved by masked 4-lane loads and
-/// stores, one flat loop per block instead of loops over x, y and a branch on the
-/// depth. The permutation is applied to voxel indices (the same swaps, so the same
-/// result): gathered values are read through it when the rows are written back.
+/// Writes the drawn blocks in draw order: each block's values are read from `original`
+/// and written to `out` in the order of its permutation.
+fn write_blocks_portable(
+    original: &[f32],
+    out: &mut [f32],
+    shape: [usize; 3],
+    scratch: &mut ShuffleScratch,
+) {
+    let [_, cols, deps] = shape;
+    let row_stride = cols * deps;
+    let ShuffleScratch {
+        block: buf,
+        blocks,
+        perms,
+        ..
+    } = scratch;
+    for (b, &Block { start, size }) in blocks.iter().enumerate() {
+        let [bx, by, bz] = size.map(usize::from);
+        let rows = (0..bx).flat_map(|ix| (0..by).map(move |iy| ix * row_stride + iy * deps));
+        let start = start as usize;
+        let mut k = 0;
+        for row in rows.clone() {
+            copy_short(&mut buf[k..k + bz], &original[start + row..][..bz]);
+            k += bz;
+        }
+        let mut k = 0;
+        for row in rows {
+            for (lane, value) in out[start + row..][..bz].iter_mut().enumerate() {
+                *value = buf[perms.index(b, k + lane)];
+            }
+            k += bz;
+        }
+    }
+}
+
+/// [`write_blocks_portable`] with each block's rows moved by masked 4-lane loads and
+/// stores, one flat loop per block over a table of row offsets instead of loops over x,
+/// y and the depth.
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX-512VL, and `scratch.prepare_rows(shape, config)`
-/// returned true.
+/// The CPU has AVX-512F and AVX-512VL, `scratch.prepare_rows(shape, config)` returned
+/// true, and `scratch.draw_blocks` drew the blocks for this shape and config.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn shuffle_blocks_avx512(
+unsafe fn write_blocks_avx512(
     original: &[f32],
     out: &mut [f32],
     shape: [usize; 3],
     config: &LocalShuffleConfig,
-    rng: &mut CubeRng,
     scratch: &mut ShuffleScratch,
-    needed: Option<&[Box3]>,
 ) {
     use std::arch::x86_64::*;
-    let [rows, cols, deps] = shape;
     let max_size = max_block_size(shape, config);
     let max_rows = max_size[0] * max_size[1];
-    let row_stride = cols * deps;
-    debug_assert_eq!(original.len(), rows * cols * deps);
+    debug_assert_eq!(original.len(), shape.iter().product::<usize>());
     debug_assert_eq!(out.len(), original.len());
     let ShuffleScratch {
         block,
-        pool,
+        blocks,
+        perms,
         rows: row_offsets,
         ..
     } = scratch;
-    let pool: &mut [u8; 128] = (&mut pool[..128])
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("prepare_rows made the pool 128 long"));
+    debug_assert!(block.len() >= MAX_LEN + SLACK_ROWS);
     let gathered = block.as_mut_ptr();
-    for _ in 0..config.n_blocks {
-        let Some(([x, y, z], [bx, by, bz])) = next_block(rng, shape, max_size, needed) else {
-            continue;
-        };
-        let n = bx * by * bz;
+    for (b, &Block { start, size }) in blocks.iter().enumerate() {
+        let [bx, by, bz] = size.map(usize::from);
         let offsets = &row_offsets[(by - 1) * max_rows..][..bx * by];
-        // SAFETY: the block lies inside the cube, so lanes below `bz` of every row
-        // (the only lanes the masks let through) are in bounds of `original` and
-        // `out`; `gathered` holds 128 + 4 values and every index read from `pool` is
-        // below 128; `k + 4 <= n + 4 <= 128` for the pool reads.
+        let (table, entry) = perms.raw(b);
+        // SAFETY: the block lies inside the cube, so lanes below `bz` of every row (the
+        // only lanes the masks let through) are in bounds of `original` and `out`;
+        // `gathered` holds MAX_LEN + SLACK_ROWS = 128 values and takes rows of 4 from
+        // `k < n <= MAX_LEN`; the permutation's entries for `k + lane < n + SLACK_ROWS`
+        // are in the table and below 128 (see `Permutations::raw`).
         unsafe {
             let lanes: __mmask8 = (1u8 << bz) - 1;
-            let src = original.as_ptr().add(x * row_stride + y * deps + z);
-            let dst = out.as_mut_ptr().add(x * row_stride + y * deps + z);
+            let src = original.as_ptr().add(start as usize);
+            let dst = out.as_mut_ptr().add(start as usize);
+            let perm = table.as_ptr().add(entry);
             let mut k = 0;
             for &offset in offsets {
                 _mm_storeu_ps(
@@ -220,11 +301,9 @@ unsafe fn shuffle_blocks_avx512(
                 );
                 k += bz;
             }
-            *pool = IOTA;
-            permute(&mut pool[..n], rng);
             let mut k = 0;
             for &offset in offsets {
-                let value = |lane: usize| *gathered.add(usize::from(pool[k + lane]));
+                let value = |lane: usize| *gathered.add(usize::from(*perm.add(16 * (k + lane))));
                 let row = _mm_setr_ps(value(0), value(1), value(2), value(3));
                 _mm_mask_storeu_ps(dst.add(offset as usize), lanes, row);
                 k += bz;
@@ -233,9 +312,10 @@ unsafe fn shuffle_blocks_avx512(
     }
 }
 
-/// The portable kernel: gather each block into `buf`, permute it, scatter it back.
-/// `buf` is at least `config.max_block_len(shape)` long.
-fn shuffle_blocks_portable(
+/// The kernel for blocks larger than [`MAX_LEN`] voxels: draw each block, gather it
+/// into `buf`, permute it, scatter it back. `buf` is at least
+/// `config.max_block_len(shape)` long.
+fn shuffle_blocks_in_order(
     original: &[f32],
     out: &mut [f32],
     shape: [usize; 3],
@@ -293,8 +373,7 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 }
 
 /// Uniform random permutation in place (Fisher-Yates), drawing up to six swap partners
-/// from one 64-bit draw for small buffers. The kernels permute values (portable) or
-/// voxel indices (AVX-512) with the same draws and swaps.
+/// from one 64-bit draw for small buffers.
 #[inline(always)]
 fn permute<T>(values: &mut [T], rng: &mut CubeRng) {
     let n = values.len();
@@ -387,11 +466,21 @@ mod tests {
 
     #[test]
     fn vector_and_portable_kernels_write_the_same_values() {
-        // The dispatched kernel (AVX-512 where the CPU has it) against the portable one:
-        // same output and same stream position, for the paper's blocks, blocks four
-        // deep, and blocks too deep for the vector kernel, on the whole cube and
-        // restricted to two boxes.
-        for (shape, divisor) in [([64, 64, 32], 10), ([40, 40, 40], 10), ([30, 20, 50], 10)] {
+        // The AVX-512 paths (where the CPU has them) against the portable ones: same
+        // output and same stream position, for the paper's blocks, blocks four deep,
+        // blocks too deep for the vector row kernel, and blocks too large for the lane
+        // permutations, on the whole cube and restricted to two boxes.
+        #[cfg(target_arch = "x86_64")]
+        let vector = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector = false;
+        for (shape, divisor) in [
+            ([64, 64, 32], 10),
+            ([40, 40, 40], 10),
+            ([30, 20, 50], 10),
+            ([40, 40, 30], 5),
+        ] {
             let config = LocalShuffleConfig {
                 n_blocks: 2_000,
                 block_divisor: divisor,
@@ -415,31 +504,20 @@ mod tests {
                 (2, Some(&boxes[..])),
                 (3, Some(&boxes[..1])),
             ] {
-                let mut fast = original.clone();
-                let mut rng_fast = cube_rng(seed, 1, 2);
-                shuffle_blocks(
-                    &original,
-                    &mut fast,
-                    shape,
-                    &config,
-                    &mut rng_fast,
-                    &mut scratch,
-                    needed,
-                );
-                let mut portable = original.clone();
-                let mut rng_portable = cube_rng(seed, 1, 2);
-                let mut buf = vec![0f32; config.max_block_len(shape)];
-                shuffle_blocks_portable(
-                    &original,
-                    &mut portable,
-                    shape,
-                    &config,
-                    &mut rng_portable,
-                    &mut buf,
-                    needed,
-                );
+                let run = |vector: bool, scratch: &mut ShuffleScratch| {
+                    let mut out = original.clone();
+                    let mut rng = cube_rng(seed, 1, 2);
+                    shuffle_blocks_with(
+                        &original, &mut out, shape, &config, &mut rng, scratch, needed, vector,
+                    );
+                    (out, rng)
+                };
+                let (fast, rng_fast) = run(vector, &mut scratch);
+                let (portable, rng_portable) = run(false, &mut ShuffleScratch::default());
                 assert!(fast == portable, "{shape:?} seed {seed}");
                 assert_eq!(rng_fast, rng_portable);
+                // Every voxel still holds a value of the original.
+                assert!(fast.iter().all(|&v| v >= 0.0 && (v as usize) < len));
             }
         }
     }
