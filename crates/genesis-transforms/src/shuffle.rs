@@ -6,7 +6,9 @@ use crate::config::LocalShuffleConfig;
 use crate::flip::dim3;
 use crate::paint::{Box3, overlaps_any};
 use crate::permutations::{MAX_LEN, Permutations, SLACK_ROWS};
-use crate::rng::CubeRng;
+use crate::rng::{CubeRng, DRAW_LANES, NoiseRng};
+#[cfg(target_arch = "x86_64")]
+use crate::rng::{NoiseLanes, below_lanes};
 use crate::{Error, Result};
 
 /// Reusable buffers for [`shuffle_blocks`]: no allocation per cube in steady state.
@@ -14,8 +16,14 @@ use crate::{Error, Result};
 pub(crate) struct ShuffleScratch {
     /// One block's values (portable kernels) or its gathered rows (the AVX-512 one).
     block: Vec<f32>,
-    /// This cube's blocks, in draw order, and their permutations.
-    blocks: Vec<Block>,
+    /// This cube's blocks in draw order, `count` of them: first voxel's index in the
+    /// cube, size packed as `bx | by << 8 | bz << 16`, and voxel count. Each is
+    /// [`DRAW_LANES`] longer than the blocks, for the vector stores.
+    starts: Vec<u32>,
+    sizes: Vec<u32>,
+    lens: Vec<u8>,
+    count: usize,
+    /// The blocks' permutations.
     perms: Permutations,
     /// The AVX-512 kernel's row offsets per block height, and the (shape, largest block)
     /// they were made for.
@@ -23,11 +31,10 @@ pub(crate) struct ShuffleScratch {
     rows_key: Option<([usize; 3], [usize; 3])>,
 }
 
-/// One drawn block: its first voxel's index in the cube and its size.
-#[derive(Debug, Clone, Copy)]
-struct Block {
-    start: u32,
-    size: [u8; 3],
+/// A block's size (bx, by, bz) from its packed form in [`ShuffleScratch`].
+#[inline(always)]
+fn unpack(size: u32) -> [usize; 3] {
+    [size & 0xff, (size >> 8) & 0xff, (size >> 16) & 0xff].map(|s| s as usize)
 }
 
 /// Shuffles `n_blocks` random blocks: each block is read from `original`, its voxels are
@@ -158,11 +165,13 @@ impl ShuffleScratch {
         if self.block.len() < needed {
             self.block.resize(needed, 0.0);
         }
-        self.blocks.reserve(config.n_blocks as usize);
     }
 
-    /// Draws every block of the cube (those `needed` asks for) and then their
-    /// permutations; `lanes_fit(shape, config)` holds.
+    /// Draws every block of the cube (keeping those `needed` asks for), then their
+    /// permutations; `lanes_fit(shape, config)` holds. The sizes and places come
+    /// sixteen blocks at a time from vector lanes seeded by one draw of `rng`, in the
+    /// original's order per block (sizes, then origin); `vector` chooses the AVX-512
+    /// path, and both paths draw the same blocks.
     fn draw_blocks(
         &mut self,
         shape: [usize; 3],
@@ -171,22 +180,156 @@ impl ShuffleScratch {
         needed: Option<&[Box3]>,
         vector: bool,
     ) {
-        let [_, cols, deps] = shape;
-        let max_size = max_block_size(shape, config);
-        self.blocks.clear();
-        self.perms.clear();
-        for _ in 0..config.n_blocks {
-            if let Some(([x, y, z], size)) = next_block(rng, shape, max_size, needed) {
-                self.blocks.push(Block {
-                    // Below the cube's length, which fits 32 bits (`lanes_fit`); the
-                    // sizes are at most MAX_LEN.
-                    start: ((x * cols + y) * deps + z) as u32,
-                    size: size.map(|s| s as u8),
-                });
-                self.perms.push(size.iter().product());
+        let n_blocks = config.n_blocks as usize;
+        for buf in [&mut self.starts, &mut self.sizes] {
+            if buf.len() < n_blocks + DRAW_LANES {
+                buf.resize(n_blocks + DRAW_LANES, 0);
             }
         }
-        self.perms.draw(rng, vector);
+        if self.lens.len() < n_blocks + DRAW_LANES {
+            self.lens.resize(n_blocks + DRAW_LANES, 0);
+        }
+        let mut lanes = NoiseRng::new(rng);
+        self.count = 'drawn: {
+            #[cfg(target_arch = "x86_64")]
+            if vector && let Some(lanes) = NoiseLanes::load(&lanes) {
+                // SAFETY: `NoiseLanes::load` succeeds only on CPUs with AVX-512F; the
+                // buffers hold `n_blocks + DRAW_LANES` entries.
+                break 'drawn unsafe { self.draw_geometry_avx512(shape, config, needed, lanes) };
+            }
+            self.draw_geometry_portable(shape, config, needed, &mut lanes)
+        };
+        self.perms.draw(&self.lens[..self.count], rng, vector);
+    }
+
+    /// The draws of [`draw_geometry_avx512`](Self::draw_geometry_avx512), one lane at
+    /// a time; returns the number of blocks kept.
+    fn draw_geometry_portable(
+        &mut self,
+        shape: [usize; 3],
+        config: &LocalShuffleConfig,
+        needed: Option<&[Box3]>,
+        lanes: &mut NoiseRng,
+    ) -> usize {
+        let [_, cols, deps] = shape;
+        let max_size = max_block_size(shape, config);
+        let n_blocks = config.n_blocks as usize;
+        let mut count = 0;
+        for first in (0..n_blocks).step_by(DRAW_LANES) {
+            let sizes = [0, 1, 2].map(|axis| {
+                lanes
+                    .below_lanes(&[max_size[axis] as u32; DRAW_LANES], u16::MAX)
+                    .map(|s| s + 1)
+            });
+            let origins = [0, 1, 2].map(|axis| {
+                let bounds = sizes[axis].map(|s| shape[axis] as u32 + 1 - s);
+                lanes.below_lanes(&bounds, u16::MAX)
+            });
+            for lane in 0..(n_blocks - first).min(DRAW_LANES) {
+                let size = [0, 1, 2].map(|axis| sizes[axis][lane] as usize);
+                let [x, y, z] = [0, 1, 2].map(|axis| origins[axis][lane] as usize);
+                if needed.is_some_and(|boxes| !overlaps_any([x, y, z], size, boxes)) {
+                    continue;
+                }
+                // Below the cube's length, which fits 32 bits (`lanes_fit`); the sizes
+                // are at most MAX_LEN.
+                self.starts[count] = ((x * cols + y) * deps + z) as u32;
+                self.sizes[count] = (size[0] | size[1] << 8 | size[2] << 16) as u32;
+                self.lens[count] = size.iter().product::<usize>() as u8;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Draws the blocks sixteen at a time: sizes along x, y and z, then origins along
+    /// x, y and z, each one step of [`below_lanes`] for the sixteen blocks; blocks that
+    /// miss every box of `needed` are dropped by compressing the lanes. Returns the
+    /// number of blocks kept.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the buffers hold `config.n_blocks + DRAW_LANES` entries.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn draw_geometry_avx512(
+        &mut self,
+        shape: [usize; 3],
+        config: &LocalShuffleConfig,
+        needed: Option<&[Box3]>,
+        mut lanes: NoiseLanes,
+    ) -> usize {
+        use std::arch::x86_64::*;
+        let [_, cols, deps] = shape;
+        let max_size = max_block_size(shape, config);
+        let n_blocks = config.n_blocks as usize;
+        let one = _mm512_set1_epi32(1);
+        let mut count = 0;
+        for first in (0..n_blocks).step_by(DRAW_LANES) {
+            let left = n_blocks - first;
+            let valid = if left >= DRAW_LANES {
+                u16::MAX
+            } else {
+                (1u16 << left) - 1
+            };
+            let size = [0, 1, 2].map(|axis| {
+                let bound = _mm512_set1_epi32(max_size[axis] as i32);
+                _mm512_add_epi32(below_lanes(&mut lanes, bound, u16::MAX), one)
+            });
+            let origin = [0, 1, 2].map(|axis| {
+                let bound = _mm512_sub_epi32(_mm512_set1_epi32(shape[axis] as i32 + 1), size[axis]);
+                below_lanes(&mut lanes, bound, u16::MAX)
+            });
+            let mut keep = valid;
+            if let Some(boxes) = needed {
+                let mut touching = 0u16;
+                for b in boxes {
+                    let mut overlap = u16::MAX;
+                    for axis in 0..3 {
+                        let end = _mm512_set1_epi32(b.range(axis).end as i32);
+                        let start = _mm512_set1_epi32(b.origin[axis] as i32);
+                        let block_end = _mm512_add_epi32(origin[axis], size[axis]);
+                        overlap &= _mm512_cmplt_epu32_mask(origin[axis], end)
+                            & _mm512_cmplt_epu32_mask(start, block_end);
+                    }
+                    touching |= overlap;
+                }
+                keep &= touching;
+            }
+            let [x, y, z] = origin;
+            let start = _mm512_add_epi32(
+                _mm512_mullo_epi32(
+                    _mm512_add_epi32(_mm512_mullo_epi32(x, _mm512_set1_epi32(cols as i32)), y),
+                    _mm512_set1_epi32(deps as i32),
+                ),
+                z,
+            );
+            let packed = _mm512_or_si512(
+                size[0],
+                _mm512_or_si512(
+                    _mm512_slli_epi32::<8>(size[1]),
+                    _mm512_slli_epi32::<16>(size[2]),
+                ),
+            );
+            let len = _mm512_mullo_epi32(_mm512_mullo_epi32(size[0], size[1]), size[2]);
+            // SAFETY: `count <= first <= n_blocks - 1`, and the buffers hold
+            // `n_blocks + DRAW_LANES` entries, so sixteen entries from `count` fit.
+            unsafe {
+                _mm512_storeu_si512(
+                    self.starts.as_mut_ptr().add(count).cast(),
+                    _mm512_maskz_compress_epi32(keep, start),
+                );
+                _mm512_storeu_si512(
+                    self.sizes.as_mut_ptr().add(count).cast(),
+                    _mm512_maskz_compress_epi32(keep, packed),
+                );
+                _mm_storeu_si128(
+                    self.lens.as_mut_ptr().add(count).cast(),
+                    _mm512_cvtepi32_epi8(_mm512_maskz_compress_epi32(keep, len)),
+                );
+            }
+            count += keep.count_ones() as usize;
+        }
+        count
     }
 
     /// Readies the AVX-512 kernel's row table for `shape` and `config`; false when its
@@ -226,12 +369,14 @@ fn write_blocks_portable(
     let row_stride = cols * deps;
     let ShuffleScratch {
         block: buf,
-        blocks,
+        starts,
+        sizes,
+        count,
         perms,
         ..
     } = scratch;
-    for (b, &Block { start, size }) in blocks.iter().enumerate() {
-        let [bx, by, bz] = size.map(usize::from);
+    for (b, (&start, &size)) in starts.iter().zip(sizes.iter()).take(*count).enumerate() {
+        let [bx, by, bz] = unpack(size);
         let rows = (0..bx).flat_map(|ix| (0..by).map(move |iy| ix * row_stride + iy * deps));
         let start = start as usize;
         let mut k = 0;
@@ -272,15 +417,17 @@ unsafe fn write_blocks_avx512(
     debug_assert_eq!(out.len(), original.len());
     let ShuffleScratch {
         block,
-        blocks,
+        starts,
+        sizes,
+        count,
         perms,
         rows: row_offsets,
         ..
     } = scratch;
     debug_assert!(block.len() >= MAX_LEN + SLACK_ROWS);
     let gathered = block.as_mut_ptr();
-    for (b, &Block { start, size }) in blocks.iter().enumerate() {
-        let [bx, by, bz] = size.map(usize::from);
+    for (b, (&start, &size)) in starts.iter().zip(sizes.iter()).take(*count).enumerate() {
+        let [bx, by, bz] = unpack(size);
         let offsets = &row_offsets[(by - 1) * max_rows..][..bx * by];
         let (table, entry) = perms.raw(b);
         // SAFETY: the block lies inside the cube, so lanes below `bz` of every row (the
@@ -481,8 +628,9 @@ mod tests {
             ([30, 20, 50], 10),
             ([40, 40, 30], 5),
         ] {
+            // Not a multiple of 16: the last group of draws is partial.
             let config = LocalShuffleConfig {
-                n_blocks: 2_000,
+                n_blocks: 2_003,
                 block_divisor: divisor,
             };
             let len = shape.iter().product::<usize>();
