@@ -7,8 +7,8 @@
 //! permutations do not depend on each other or on the cube, so here they are drawn
 //! first, for blocks grouped by length: sixteen blocks of (nearly) the same length run
 //! the "inside-out" Fisher-Yates in the sixteen lanes of AVX-512 registers, with a
-//! gather and a scatter per step instead of sixteen swaps. The portable path runs the
-//! same steps lane by lane with the same draws, so both give the same permutations.
+//! gather and a scatter per step instead of sixteen swaps. The portable path makes the
+//! same draws and runs each lane's steps on its own, so both give the same permutations.
 
 #[cfg(target_arch = "x86_64")]
 use crate::rng::below_lanes;
@@ -17,32 +17,34 @@ use crate::rng::{CubeRng, NoiseRng};
 /// Blocks per group: one per 32-bit lane of a 512-bit register.
 const GROUP: usize = crate::rng::DRAW_LANES;
 
-/// Rows of a group's working table; a block's permutation plus the rows read past its
-/// end (see [`Permutations::index`]) fit in them.
+/// Rows of a group's working table; a block's permutation plus the entries read past
+/// its end (see [`Permutations::of`]) fit in them.
 const POOL_ROWS: usize = 128;
 
-/// Rows read past a block's last index by kernels that move four voxels at a time.
+/// Entries read past a block's last index by kernels that move four voxels at a time.
 pub(crate) const SLACK_ROWS: usize = 4;
 
 /// The longest block [`Permutations`] takes.
 pub(crate) const MAX_LEN: usize = POOL_ROWS - SLACK_ROWS;
 
-/// Permutations of `len` indices for a list of blocks, in an interleaved table: entry
-/// `k` of block `b`'s permutation is `table[starts[b] + 16 * k]`.
+/// Permutations of `len` indices for a list of blocks, in one table: entry `k` of block
+/// `b`'s permutation is `table[starts[b] + k]`.
 ///
 /// Use: [`draw`](Self::draw) for the blocks' lengths, then read with
-/// [`index`](Self::index) or [`raw`](Self::raw). The buffers are kept between cubes, so
+/// [`of`](Self::of). The buffers are kept between cubes, so
 /// steady state allocates nothing.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Permutations {
     /// Where each block's entries start in `table`.
     starts: Vec<u32>,
-    /// Groups of sixteen permutations, row by row, each group [`SLACK_ROWS`] rows longer
-    /// than its longest block; every entry is below [`POOL_ROWS`].
+    /// Groups of sixteen permutations, each [`SLACK_ROWS`] entries longer than the
+    /// group's longest block; entries past a block's length are 0. The table has
+    /// [`GROUP`] bytes of slack at the end for the vector stores.
     table: Vec<u8>,
     /// Block indices in order of length (stable).
     order: Vec<u32>,
-    /// One group's rows while it is drawn, as 32-bit lanes.
+    /// One group's rows while it is drawn, as 32-bit lanes (the vector path), or its
+    /// draws (the portable one).
     pool: Vec<u32>,
 }
 
@@ -50,17 +52,17 @@ impl Permutations {
     /// Entry `k` of block `block`'s permutation: the voxel (in the block's C order)
     /// whose value goes to voxel `k`. Defined, and below [`POOL_ROWS`], for `k` up to
     /// the block's length plus [`SLACK_ROWS`] minus one.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn index(&self, block: usize, k: usize) -> usize {
-        usize::from(self.table[self.starts[block] as usize + GROUP * k])
+        usize::from(self.table[self.starts[block] as usize + k])
     }
 
-    /// The table and the start of block `block` in it, for kernels that read entries
-    /// through a pointer: entry `k` is at `start + 16 * k`, within the table for `k`
-    /// below the block's length plus [`SLACK_ROWS`].
+    /// Block `block`'s permutation from its first entry on: entries `k` below the
+    /// block's length plus [`SLACK_ROWS`] are its own (0 past its length), all below
+    /// [`POOL_ROWS`].
     #[inline]
-    pub(crate) fn raw(&self, block: usize) -> (&[u8], usize) {
-        (&self.table, self.starts[block] as usize)
+    pub(crate) fn of(&self, block: usize) -> &[u8] {
+        &self.table[self.starts[block] as usize..]
     }
 
     /// Draws a uniformly random permutation for every block, of `lens[block]` indices
@@ -114,13 +116,16 @@ impl Permutations {
         let mut size = 0;
         for group in self.order.chunks(GROUP) {
             let longest = group.last().map_or(0, |&b| usize::from(lens[b as usize]));
+            let rows = longest + SLACK_ROWS;
             for (lane, &block) in group.iter().enumerate() {
-                self.starts[block as usize] = (size + lane) as u32;
+                self.starts[block as usize] = (size + lane * rows) as u32;
             }
-            size += (longest + SLACK_ROWS) * GROUP;
+            size += rows * GROUP;
         }
-        self.table.clear();
-        self.table.resize(size, 0);
+        // Both paths write every byte of every group, so old contents need no clearing.
+        if self.table.len() < size + GROUP {
+            self.table.resize(size + GROUP, 0);
+        }
     }
 
     /// Lengths of one group's lanes (0 for lanes past a short last group) and its
@@ -139,28 +144,46 @@ impl Permutations {
         let mut start = 0;
         for group in self.order.chunks(GROUP) {
             let (group_lens, longest) = Self::group_lens(lens, group);
-            let pool = &mut self.pool;
-            pool[..GROUP].fill(0);
+            // Every step's draws first, kept in `pool`. A redraw happens only after a
+            // draw lands below its bound (about once in 10^5 groups), so the draws are
+            // made in one straight pass, and if any lands that low the group's draws
+            // are made again with `below_lanes`, which redraws exactly where the
+            // vector path does.
+            let saved = lanes.clone();
+            let mut near = false;
             for i in 1..longest {
-                let mut active = 0u16;
-                for (lane, &len) in group_lens.iter().enumerate() {
-                    active |= u16::from(len > i as u32) << lane;
-                }
-                let picks = lanes.below_lanes(&[i as u32 + 1; GROUP], active);
-                for (lane, &j) in picks.iter().enumerate() {
-                    if (active >> lane) & 1 == 1 {
-                        let j = j as usize;
-                        pool[i * GROUP + lane] = pool[j * GROUP + lane];
-                        pool[j * GROUP + lane] = i as u32;
-                    }
+                let words = lanes.step_raw();
+                let bound = i as u64 + 1;
+                let row = &mut self.pool[i * GROUP..(i + 1) * GROUP];
+                for (lane, pick) in row.iter_mut().enumerate() {
+                    let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
+                    let product = word * bound;
+                    *pick = (product >> 32) as u32;
+                    near |= (product & 0xffff_ffff) < bound;
                 }
             }
+            if near {
+                *lanes = saved;
+                for i in 1..longest {
+                    let mut active = 0u16;
+                    for (lane, &len) in group_lens.iter().enumerate() {
+                        active |= u16::from(len > i as u32) << lane;
+                    }
+                    let picks = lanes.below_lanes(&[i as u32 + 1; GROUP], active);
+                    self.pool[i * GROUP..(i + 1) * GROUP].copy_from_slice(&picks);
+                }
+            }
+            // Then each lane's shuffle on its own, in its place in the table.
             let rows = longest + SLACK_ROWS;
-            for (entry, &value) in self.table[start..start + rows * GROUP]
-                .iter_mut()
-                .zip(&pool[..rows * GROUP])
-            {
-                *entry = value as u8;
+            let table = &mut self.table[start..start + rows * GROUP];
+            let lanes_entries = group_lens.iter().zip(table.chunks_exact_mut(rows));
+            for (lane, (&len, order)) in lanes_entries.enumerate() {
+                order.fill(0);
+                for i in 1..len as usize {
+                    let j = self.pool[i * GROUP + lane] as usize;
+                    order[i] = order[j];
+                    order[j] = i as u8;
+                }
             }
             start += rows * GROUP;
         }
@@ -181,14 +204,15 @@ impl Permutations {
         let pool = self.pool.as_mut_ptr().cast::<i32>();
         let mut start = 0;
         for group in self.order.chunks(GROUP) {
-            let (group_lens, longest) = Self::group_lens(lens, group);
-            // SAFETY (this block): `group_lens` is 16 u32; every gather and scatter
+            let (lens_of_lanes, longest) = Self::group_lens(lens, group);
+            // SAFETY (this block): `lens_of_lanes` is 16 u32; every gather and scatter
             // index is j * 16 + lane with j <= i < longest <= MAX_LEN, inside the
-            // pool's POOL_ROWS * 16 entries; the table holds `longest + SLACK_ROWS` rows
-            // of 16 bytes from `start` (see `lay_out`), and those rows are below
-            // POOL_ROWS.
+            // pool's POOL_ROWS * 16 entries, as is every unmasked row of a lane's
+            // gathers (below its length); the table holds 16 lanes of
+            // `longest + SLACK_ROWS` entries from `start`, then 16 bytes of slack (see
+            // `lay_out`).
             unsafe {
-                let group_lens = _mm512_loadu_si512(group_lens.as_ptr().cast());
+                let group_lens = _mm512_loadu_si512(lens_of_lanes.as_ptr().cast());
                 _mm512_storeu_si512(pool.cast(), _mm512_setzero_si512());
                 for i in 1..longest {
                     let step = _mm512_set1_epi32(i as i32);
@@ -205,11 +229,32 @@ impl Permutations {
                     _mm512_mask_storeu_epi32(pool.add(i * GROUP).cast(), active, moved);
                     _mm512_mask_i32scatter_epi32::<4>(pool.cast(), active, at, step);
                 }
+                // Each lane's column of the pool, sixteen rows per gather, becomes its
+                // block's entries; rows past the block's length read 0, as in
+                // `draw_portable`. A store may run up to 15 bytes past a lane's entries,
+                // into the next lane's (written after it) or the table's slack.
                 let table = self.table.as_mut_ptr().add(start);
                 let rows = longest + SLACK_ROWS;
-                for row in 0..rows {
-                    let values = _mm512_loadu_si512(pool.add(row * GROUP).cast());
-                    _mm_storeu_si128(table.add(row * GROUP).cast(), _mm512_cvtepi32_epi8(values));
+                let down = _mm512_slli_epi32::<4>(lane_index);
+                for (lane, &len) in lens_of_lanes.iter().enumerate() {
+                    for first in (0..rows).step_by(GROUP) {
+                        let row = _mm512_add_epi32(lane_index, _mm512_set1_epi32(first as i32));
+                        let within = _mm512_cmplt_epu32_mask(row, _mm512_set1_epi32(len as i32));
+                        let at = _mm512_add_epi32(
+                            down,
+                            _mm512_set1_epi32((first * GROUP + lane) as i32),
+                        );
+                        let values = _mm512_mask_i32gather_epi32::<4>(
+                            _mm512_setzero_si512(),
+                            within,
+                            at,
+                            pool.cast_const().cast(),
+                        );
+                        _mm_storeu_si128(
+                            table.add(lane * rows + first).cast(),
+                            _mm512_cvtepi32_epi8(values),
+                        );
+                    }
                 }
                 start += rows * GROUP;
             }

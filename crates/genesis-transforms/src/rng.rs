@@ -216,7 +216,7 @@ impl NoiseRng {
 
     /// One xoshiro256++ step of every lane: the lanes' 64-bit outputs, the portable
     /// counterpart of [`step_lanes`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn step_raw(&mut self) -> [u64; NOISE_LANES] {
         let [s0, s1, s2, s3] = &mut self.state;
         let mut results = [0u64; NOISE_LANES];
@@ -247,6 +247,7 @@ impl NoiseRng {
     /// set in `active` falls in its rejection zone, all sixteen are drawn again, so the
     /// active draws are exactly uniform and independent. Bounds are at least 1.
     /// [`below_lanes`] is the AVX-512 counterpart, with the same results.
+    #[inline(always)]
     pub(crate) fn below_lanes(
         &mut self,
         bounds: &[u32; DRAW_LANES],
@@ -255,20 +256,29 @@ impl NoiseRng {
         loop {
             let words = self.step_raw();
             let mut picks = [0u32; DRAW_LANES];
-            let mut rejected = false;
-            for (lane, pick) in picks.iter_mut().enumerate() {
+            let mut near = 0u16;
+            for (lane, (pick, &bound)) in picks.iter_mut().zip(bounds).enumerate() {
                 let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
-                let product = word * u64::from(bounds[lane]);
+                let product = word * u64::from(bound);
                 *pick = (product >> 32) as u32;
-                let low = product as u32;
-                rejected |= (active >> lane) & 1 == 1
-                    && low < bounds[lane]
-                    && u64::from(low) < (1u64 << 32) % u64::from(bounds[lane]);
+                near |= u16::from((product as u32) < bound) << lane;
             }
-            if !rejected {
+            // As in the vector path: the exact rejection zone only when a draw is near.
+            if near & active == 0 || !Self::rejects(&words, bounds, near & active) {
                 return picks;
             }
         }
+    }
+
+    /// Whether a draw flagged in `near` (from `words`) falls in its exact rejection
+    /// zone.
+    #[cold]
+    fn rejects(words: &[u64; NOISE_LANES], bounds: &[u32; DRAW_LANES], near: u16) -> bool {
+        (0..DRAW_LANES).any(|lane| {
+            let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
+            let low = (word * u64::from(bounds[lane])) & 0xffff_ffff;
+            (near >> lane) & 1 == 1 && low < (1u64 << 32) % u64::from(bounds[lane])
+        })
     }
 }
 

@@ -14,7 +14,8 @@ use crate::{Error, Result};
 /// Reusable buffers for [`shuffle_blocks`]: no allocation per cube in steady state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ShuffleScratch {
-    /// One block's values (portable kernels) or its gathered rows (the AVX-512 one).
+    /// One block's values and their permuted order (portable kernels), or its gathered
+    /// rows (the AVX-512 one).
     block: Vec<f32>,
     /// This cube's blocks in draw order, `count` of them: first voxel's index in the
     /// cube, size packed as `bx | by << 8 | bz << 16`, and voxel count. Each is
@@ -88,7 +89,7 @@ fn shuffle_blocks_with(
     needed: Option<&[Box3]>,
     vector: bool,
 ) {
-    let block_len = config.max_block_len(shape).max(MAX_LEN + SLACK_ROWS);
+    let block_len = config.max_block_len(shape).max(2 * (MAX_LEN + SLACK_ROWS));
     if scratch.block.len() < block_len {
         scratch.block.resize(block_len, 0.0);
     }
@@ -161,7 +162,7 @@ impl ShuffleScratch {
             return;
         }
         self.prepare_rows(shape, config);
-        let needed = config.max_block_len(shape).max(MAX_LEN + SLACK_ROWS);
+        let needed = config.max_block_len(shape).max(2 * (MAX_LEN + SLACK_ROWS));
         if self.block.len() < needed {
             self.block.resize(needed, 0.0);
         }
@@ -375,21 +376,41 @@ fn write_blocks_portable(
         perms,
         ..
     } = scratch;
+    // The first half of `buf` takes a block's values, the second half the same values
+    // in the permutation's order. Permutation entries are below MAX_LEN < 128, so
+    // masking them with 127 keeps them as they are and drops the bounds checks.
+    let (gathered, permuted) = buf[..2 * 128].split_at_mut(128);
+    let gathered: &mut [f32; 128] = gathered
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("split at 128"));
     for (b, (&start, &size)) in starts.iter().zip(sizes.iter()).take(*count).enumerate() {
         let [bx, by, bz] = unpack(size);
-        let rows = (0..bx).flat_map(|ix| (0..by).map(move |iy| ix * row_stride + iy * deps));
         let start = start as usize;
+        let extent = (bx - 1) * row_stride + (by - 1) * deps + bz;
+        let (src, dst) = (
+            &original[start..start + extent],
+            &mut out[start..start + extent],
+        );
         let mut k = 0;
-        for row in rows.clone() {
-            copy_short(&mut buf[k..k + bz], &original[start + row..][..bz]);
-            k += bz;
+        for ix in 0..bx {
+            let mut row = ix * row_stride;
+            for _ in 0..by {
+                copy_short(&mut gathered[k..k + bz], &src[row..row + bz]);
+                k += bz;
+                row += deps;
+            }
+        }
+        for (value, &index) in permuted.iter_mut().zip(perms.of(b)).take(k) {
+            *value = gathered[usize::from(index) & 127];
         }
         let mut k = 0;
-        for row in rows {
-            for (lane, value) in out[start + row..][..bz].iter_mut().enumerate() {
-                *value = buf[perms.index(b, k + lane)];
+        for ix in 0..bx {
+            let mut row = ix * row_stride;
+            for _ in 0..by {
+                copy_short(&mut dst[row..row + bz], &permuted[k..k + bz]);
+                k += bz;
+                row += deps;
             }
-            k += bz;
         }
     }
 }
@@ -429,17 +450,16 @@ unsafe fn write_blocks_avx512(
     for (b, (&start, &size)) in starts.iter().zip(sizes.iter()).take(*count).enumerate() {
         let [bx, by, bz] = unpack(size);
         let offsets = &row_offsets[(by - 1) * max_rows..][..bx * by];
-        let (table, entry) = perms.raw(b);
+        let perm = perms.of(b).as_ptr();
         // SAFETY: the block lies inside the cube, so lanes below `bz` of every row (the
         // only lanes the masks let through) are in bounds of `original` and `out`;
         // `gathered` holds MAX_LEN + SLACK_ROWS = 128 values and takes rows of 4 from
         // `k < n <= MAX_LEN`; the permutation's entries for `k + lane < n + SLACK_ROWS`
-        // are in the table and below 128 (see `Permutations::raw`).
+        // are in the table and below 128 (see `Permutations::of`).
         unsafe {
             let lanes: __mmask8 = (1u8 << bz) - 1;
             let src = original.as_ptr().add(start as usize);
             let dst = out.as_mut_ptr().add(start as usize);
-            let perm = table.as_ptr().add(entry);
             let mut k = 0;
             for &offset in offsets {
                 _mm_storeu_ps(
@@ -450,7 +470,7 @@ unsafe fn write_blocks_avx512(
             }
             let mut k = 0;
             for &offset in offsets {
-                let value = |lane: usize| *gathered.add(usize::from(*perm.add(16 * (k + lane))));
+                let value = |lane: usize| *gathered.add(usize::from(*perm.add(k + lane)));
                 let row = _mm_setr_ps(value(0), value(1), value(2), value(3));
                 _mm_mask_storeu_ps(dst.add(offset as usize), lanes, row);
                 k += bz;
