@@ -3,9 +3,9 @@
 //!
 //! The self-supervised task of Models Genesis is to restore a cube of CT from a
 //! transformed copy. This crate makes the (input, target) pairs, with the semantics of
-//! the published NumPy code (`pytorch/utils.py`) but deterministic and 50 to 70 times
-//! faster on one core (`docs/benchmarks.md`; on x86_64 with AVX-512 the hot loops use
-//! it, with portable paths that give the same bits elsewhere):
+//! the published NumPy code (`pytorch/utils.py`) but deterministic and about 60 to 100
+//! times faster on one core (`docs/benchmarks.md`; on x86_64 with AVX-512 the hot loops
+//! use it, with portable paths that give the same bits elsewhere, more slowly):
 //!
 //! * [`flip`]: up to three flips along random axes, applied to input and target alike;
 //! * [`local_pixel_shuffling`]: 10,000 small blocks, each permuted in place;
@@ -48,6 +48,9 @@
 //! * Noise is `f32` with 24 random bits; the original uses `f64`.
 //! * Out-painting draws its boxes before the noise and fills only the voxels outside
 //!   them; the original fills everything, then restores. Same distribution.
+//! * The shuffle draws all its blocks first and their permutations then, sixteen blocks
+//!   at a time, from vector lanes (the original draws each block's permutation after
+//!   it). Same distribution.
 //! * A pair draws its painting before the shuffle and the non-linear map. Under
 //!   out-painting, everything outside the kept boxes becomes noise, so the shuffle
 //!   permutes only the blocks that touch a kept box and the map runs only on rows that
