@@ -150,6 +150,9 @@ const NOISE_SCALE: f32 = 1.0 / (1u32 << 24) as f32;
 /// `np.random.rand`: eight xoshiro256++ streams stepped in lock step, which AVX-512 does
 /// in a few instructions per 16 values (one scalar 64-bit draw per two values before).
 ///
+/// The local shuffle draws its blocks and their permutations from the same kind of
+/// lanes ([`NoiseRng::below_lanes`]).
+///
 /// Each value has 24 random bits (f32's precision). The lanes are seeded from one draw
 /// of the cube's [`CubeRng`], so the noise is as deterministic as every other draw. The
 /// AVX-512 path and the portable path compute the same integers and the same exact

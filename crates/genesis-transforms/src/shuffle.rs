@@ -45,11 +45,11 @@ fn unpack(size: u32) -> [usize; 3] {
 /// `original` and `out` are C-order buffers of `shape`; the caller has validated the
 /// config for `shape`.
 ///
-/// Per block the draws are the original's: sizes (bx, by, bz), then origin (x, y, z).
-/// When blocks hold at most [`MAX_LEN`] voxels (the paper's hold at most 108), all
-/// blocks are drawn first and their permutations then come sixteen at a time from
-/// vector lanes ([`Permutations`]); larger blocks draw each permutation after the
-/// block, from the same stream. On x86_64 CPUs with AVX-512F and AVX-512VL, blocks of
+/// Every block's sizes (bx, by, bz) and origin (x, y, z) are drawn in the original's
+/// ranges. When blocks hold at most [`MAX_LEN`] voxels (the paper's hold at most 108),
+/// all blocks are drawn first, sixteen at a time from vector lanes, and their
+/// permutations then come sixteen at a time too ([`Permutations`]); larger blocks draw
+/// sizes, origin and permutation one block after the other from `rng`. On x86_64 CPUs with AVX-512F and AVX-512VL, blocks of
 /// at most 4 voxels deep are also moved by a kernel with no branch per row. Every path
 /// for a given config makes the same draws and writes the same values (a test compares
 /// them).
@@ -133,8 +133,8 @@ fn lanes_fit(shape: [usize; 3], config: &LocalShuffleConfig) -> bool {
 
 /// Draws the next block, in the original's order: sizes (bx, by, bz) in `1..=max_size`,
 /// then its origin. `None` when `needed` is given and the block misses every box (its
-/// permutation is then not drawn; see [`shuffle_blocks`]). Every kernel draws through
-/// this, so their streams stay the same.
+/// permutation is then not drawn; see [`shuffle_blocks`]). The draws of the in-order
+/// kernel, for blocks larger than [`MAX_LEN`] voxels.
 #[inline(always)]
 fn next_block(
     rng: &mut CubeRng,
@@ -170,9 +170,9 @@ impl ShuffleScratch {
 
     /// Draws every block of the cube (keeping those `needed` asks for), then their
     /// permutations; `lanes_fit(shape, config)` holds. The sizes and places come
-    /// sixteen blocks at a time from vector lanes seeded by one draw of `rng`, in the
-    /// original's order per block (sizes, then origin); `vector` chooses the AVX-512
-    /// path, and both paths draw the same blocks.
+    /// sixteen blocks at a time from vector lanes seeded by one draw of `rng` (the
+    /// sizes of sixteen blocks, then their origins); `vector` chooses the AVX-512 path,
+    /// and both paths draw the same blocks.
     fn draw_blocks(
         &mut self,
         shape: [usize; 3],
