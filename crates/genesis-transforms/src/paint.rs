@@ -161,27 +161,46 @@ impl Painting {
 
 /// Calls `f` with each run of whole rows (a range of the C-order buffer of `shape`)
 /// that holds a voxel of `boxes`: per plane x, the maximal runs of rows y that some box
-/// covers.
+/// covers, found by merging the y ranges of the boxes that cross the plane.
 pub(crate) fn for_each_row_run_in(
     shape: [usize; 3],
     boxes: &[Box3],
     mut f: impl FnMut(std::ops::Range<usize>),
 ) {
     let [rows, cols, deps] = shape;
-    let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
+    let mut stack = [(0, 0); MAX_STACK_BOXES];
+    let mut heap = Vec::new();
+    let spans: &mut [(usize, usize)] = if boxes.len() <= MAX_STACK_BOXES {
+        &mut stack[..]
+    } else {
+        heap.resize(boxes.len(), (0, 0));
+        &mut heap
+    };
     for x in 0..rows {
-        let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
-        let mut run_start = None;
-        for y in 0..=cols {
-            let covered = y < cols && plane_boxes.iter().any(|b| b.contains_row(x, y));
-            match (covered, run_start) {
-                (true, None) => run_start = Some(y),
-                (false, Some(start)) => {
-                    f((x * cols + start) * deps..(x * cols + y) * deps);
-                    run_start = None;
-                }
-                _ => {}
+        let mut n = 0;
+        for b in boxes.iter().filter(|b| b.range(0).contains(&x)) {
+            let ys = b.range(1);
+            if ys.start < ys.end.min(cols) {
+                spans[n] = (ys.start, ys.end.min(cols));
+                n += 1;
             }
+        }
+        let spans = &mut spans[..n];
+        spans.sort_unstable();
+        let run = |(start, end): (usize, usize)| (x * cols + start) * deps..(x * cols + end) * deps;
+        let mut current: Option<(usize, usize)> = None;
+        for &(start, end) in spans.iter() {
+            current = match current {
+                Some((open, close)) if start <= close => Some((open, close.max(end))),
+                Some(done) => {
+                    f(run(done));
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some(done) = current {
+            f(run(done));
         }
     }
 }
@@ -364,6 +383,46 @@ mod tests {
             boxes.push(draw(&mut rng));
         }
         boxes
+    }
+
+    #[test]
+    fn row_runs_are_the_maximal_runs_of_covered_rows() {
+        // Against a row-by-row scan, for boxes that overlap, touch end to start, nest
+        // and reach the cube's edges; more boxes than fit on the stack too.
+        let shape = [20, 24, 3];
+        let mut rng = cube_rng(8, 0, 0);
+        for round in 0..300 {
+            let count = 1 + rng.randint(0, if round % 10 == 0 { 20 } else { 5 });
+            let boxes: Vec<Box3> = (0..count)
+                .map(|_| {
+                    let size = [rng.randint(1, 8), rng.randint(1, 10), 1];
+                    let origin = [
+                        rng.randint(0, shape[0] - size[0]),
+                        rng.randint(0, shape[1] - size[1]),
+                        0,
+                    ];
+                    Box3 { origin, size }
+                })
+                .collect();
+            let mut runs = Vec::new();
+            for_each_row_run_in(shape, &boxes, |run| runs.push(run));
+            let mut expected = Vec::new();
+            for x in 0..shape[0] {
+                let mut start = None;
+                for y in 0..=shape[1] {
+                    let covered = y < shape[1] && boxes.iter().any(|b| b.contains_row(x, y));
+                    match (covered, start) {
+                        (true, None) => start = Some(y),
+                        (false, Some(first)) => {
+                            expected.push((x * 24 + first) * 3..(x * 24 + y) * 3);
+                            start = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            assert_eq!(runs, expected, "round {round}: {boxes:?}");
+        }
     }
 
     #[test]
