@@ -307,6 +307,27 @@ mod tests {
     use super::*;
     use ndarray::Array3;
 
+    /// [`generate_pair_traced`] of `cube` into `input` and `target`, drawing from
+    /// `cube_rng(seed, 0, 0)`.
+    fn traced_pair(
+        cube: &Array3<f32>,
+        input: &mut Array3<f32>,
+        target: &mut Array3<f32>,
+        config: &TransformConfig,
+        seed: u64,
+        scratch: &mut PairScratch,
+    ) -> Result<PairTrace> {
+        let mut rng = cube_rng(seed, 0, 0);
+        generate_pair_traced(
+            cube.view(),
+            input.view_mut(),
+            target.view_mut(),
+            config,
+            &mut rng,
+            scratch,
+        )
+    }
+
     #[test]
     fn none_gives_input_equal_target_equal_cube() {
         let cube = Array3::from_shape_fn((16, 16, 16), |(i, j, k)| (i + j + k) as f32 / 48.0);
@@ -314,16 +335,7 @@ mod tests {
         let mut target = Array3::zeros((16, 16, 16));
         let mut scratch = PairScratch::new([16, 16, 16]);
         let config = TransformConfig::only(crate::Kernel::None);
-        let mut rng = cube_rng(0, 0, 0);
-        generate_pair(
-            cube.view(),
-            input.view_mut(),
-            target.view_mut(),
-            &config,
-            &mut rng,
-            &mut scratch,
-        )
-        .unwrap();
+        traced_pair(&cube, &mut input, &mut target, &config, 0, &mut scratch).unwrap();
         assert_eq!(input, cube);
         assert_eq!(target, cube);
     }
@@ -357,16 +369,7 @@ mod tests {
         let mut target = Array3::zeros((64, 64, 32));
         let (mut restricted, mut full) = ((0usize, 0usize), (0usize, 0usize));
         for seed in 0..120 {
-            let mut rng = cube_rng(seed, 0, 0);
-            generate_pair(
-                cube.view(),
-                input.view_mut(),
-                target.view_mut(),
-                &config,
-                &mut rng,
-                &mut scratch,
-            )
-            .unwrap();
+            traced_pair(&cube, &mut input, &mut target, &config, seed, &mut scratch).unwrap();
             for (i, (&v, &t)) in input.iter().zip(values).enumerate() {
                 if v < 1.0 {
                     continue; // noise
@@ -430,16 +433,8 @@ mod tests {
         let mut input = Array3::zeros((64, 64, 32));
         let mut target = Array3::zeros((64, 64, 32));
         for seed in 0..20 {
-            let mut rng = cube_rng(seed, 0, 0);
-            let trace = generate_pair_traced(
-                cube.view(),
-                input.view_mut(),
-                target.view_mut(),
-                &config,
-                &mut rng,
-                &mut scratch,
-            )
-            .unwrap();
+            let trace =
+                traced_pair(&cube, &mut input, &mut target, &config, seed, &mut scratch).unwrap();
             let (p1, p2, inverting) = trace.nonlinear.unwrap();
             let map = BezierMap::new(p1, p2, inverting, config.nonlinear.n_samples).unwrap();
             let mut replay = cube_rng(seed, 0, 0);
@@ -475,17 +470,9 @@ mod tests {
         let mut input = Array3::zeros((64, 64, 31));
         let mut target = Array3::zeros((64, 64, 32));
         let mut scratch = PairScratch::new([64, 64, 32]);
-        let mut rng = cube_rng(0, 0, 0);
         let config = TransformConfig::paper();
-        let err = generate_pair(
-            cube.view(),
-            input.view_mut(),
-            target.view_mut(),
-            &config,
-            &mut rng,
-            &mut scratch,
-        )
-        .unwrap_err();
+        let err =
+            traced_pair(&cube, &mut input, &mut target, &config, 0, &mut scratch).unwrap_err();
         assert!(
             matches!(err, Error::ShapeMismatch { what: "input", .. }),
             "{err}"

@@ -37,6 +37,28 @@ pub fn scan_rng(seed: u64, scan_index: u64) -> CubeRng {
     CubeRng::from_key(hash3(DOMAIN_SCANS, seed, 0, scan_index))
 }
 
+/// One xoshiro256++ step of the state words `s0..s3`: the output, and the words
+/// advanced. Shared by [`CubeRng`] and the lanes of [`NoiseRng`].
+#[inline(always)]
+fn xoshiro_step([s0, s1, s2, s3]: [&mut u64; 4]) -> u64 {
+    let result = s0.wrapping_add(*s3).rotate_left(23).wrapping_add(*s0);
+    let t = *s1 << 17;
+    *s2 ^= *s0;
+    *s3 ^= *s1;
+    *s1 ^= *s2;
+    *s0 ^= *s3;
+    *s2 ^= t;
+    *s3 = s3.rotate_left(45);
+    result
+}
+
+/// Whether the low half `low` of a 32-bit Lemire product with `bound` falls in the
+/// rejection zone, `low < 2^32 mod bound`.
+#[inline]
+fn in_rejection_zone(low: u32, bound: u32) -> bool {
+    u64::from(low) < (1u64 << 32) % u64::from(bound)
+}
+
 /// SplitMix64's output function: a bijection on u64 with good avalanche.
 #[inline]
 fn mix64(mut z: u64) -> u64 {
@@ -75,16 +97,8 @@ impl CubeRng {
     /// The next 64 random bits.
     #[inline(always)]
     pub(crate) fn next(&mut self) -> u64 {
-        let s = &mut self.state;
-        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
+        let [s0, s1, s2, s3] = &mut self.state;
+        xoshiro_step([s0, s1, s2, s3])
     }
 
     /// Uniform in `[0, 1)` with 53 random bits, like Python's `random.random()`.
@@ -222,21 +236,9 @@ impl NoiseRng {
     #[inline(always)]
     pub(crate) fn step_raw(&mut self) -> [u64; NOISE_LANES] {
         let [s0, s1, s2, s3] = &mut self.state;
-        let mut results = [0u64; NOISE_LANES];
-        for (lane, result) in results.iter_mut().enumerate() {
-            *result = s0[lane]
-                .wrapping_add(s3[lane])
-                .rotate_left(23)
-                .wrapping_add(s0[lane]);
-            let t = s1[lane] << 17;
-            s2[lane] ^= s0[lane];
-            s3[lane] ^= s1[lane];
-            s1[lane] ^= s2[lane];
-            s0[lane] ^= s3[lane];
-            s2[lane] ^= t;
-            s3[lane] = s3[lane].rotate_left(45);
-        }
-        results
+        std::array::from_fn(|lane| {
+            xoshiro_step([&mut s0[lane], &mut s1[lane], &mut s2[lane], &mut s3[lane]])
+        })
     }
 }
 
@@ -279,8 +281,8 @@ impl NoiseRng {
     fn rejects(words: &[u64; NOISE_LANES], bounds: &[u32; DRAW_LANES], near: u16) -> bool {
         (0..DRAW_LANES).any(|lane| {
             let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
-            let low = (word * u64::from(bounds[lane])) & 0xffff_ffff;
-            (near >> lane) & 1 == 1 && low < (1u64 << 32) % u64::from(bounds[lane])
+            let low = (word * u64::from(bounds[lane])) as u32;
+            (near >> lane) & 1 == 1 && in_rejection_zone(low, bounds[lane])
         })
     }
 }
@@ -328,9 +330,7 @@ fn rejects(near: u16, low: std::arch::x86_64::__m512i, bounds: std::arch::x86_64
         _mm512_storeu_si512(lows.as_mut_ptr().cast(), low);
         _mm512_storeu_si512(bs.as_mut_ptr().cast(), bounds);
     }
-    (0..DRAW_LANES).any(|lane| {
-        (near >> lane) & 1 == 1 && u64::from(lows[lane]) < (1u64 << 32) % u64::from(bs[lane])
-    })
+    (0..DRAW_LANES).any(|lane| (near >> lane) & 1 == 1 && in_rejection_zone(lows[lane], bs[lane]))
 }
 
 /// One xoshiro256++ step of eight lanes held in AVX-512 registers (words `s0..s3` of

@@ -89,10 +89,7 @@ fn shuffle_blocks_with(
     needed: Option<&[Box3]>,
     vector: bool,
 ) {
-    let block_len = config.max_block_len(shape).max(2 * (MAX_LEN + SLACK_ROWS));
-    if scratch.block.len() < block_len {
-        scratch.block.resize(block_len, 0.0);
-    }
+    scratch.reserve_block(shape, config);
     if !lanes_fit(shape, config) {
         shuffle_blocks_in_order(
             original,
@@ -162,6 +159,12 @@ impl ShuffleScratch {
             return;
         }
         self.prepare_rows(shape, config);
+        self.reserve_block(shape, config);
+    }
+
+    /// Sizes the block buffer: the largest block (the in-order kernel), and at least
+    /// a gathered and a permuted block of [`MAX_LEN`] + [`SLACK_ROWS`] values.
+    fn reserve_block(&mut self, shape: [usize; 3], config: &LocalShuffleConfig) {
         let needed = config.max_block_len(shape).max(2 * (MAX_LEN + SLACK_ROWS));
         if self.block.len() < needed {
             self.block.resize(needed, 0.0);
@@ -338,8 +341,8 @@ impl ShuffleScratch {
     fn prepare_rows(&mut self, shape: [usize; 3], config: &LocalShuffleConfig) -> bool {
         let [_, cols, deps] = shape;
         let max_size = max_block_size(shape, config);
-        let fits = max_size[2] <= VECTOR_MAX_DEPTH
-            && max_size.iter().product::<usize>() <= MAX_LEN
+        let fits = lanes_fit(shape, config)
+            && max_size[2] <= VECTOR_MAX_DEPTH
             && u32::try_from(max_size[0] * cols * deps).is_ok();
         if !fits {
             return false;
@@ -391,27 +394,16 @@ fn write_blocks_portable(
             &original[start..start + extent],
             &mut out[start..start + extent],
         );
-        let mut k = 0;
-        for ix in 0..bx {
-            let mut row = ix * row_stride;
-            for _ in 0..by {
-                copy_short(&mut gathered[k..k + bz], &src[row..row + bz]);
-                k += bz;
-                row += deps;
-            }
-        }
-        for (value, &index) in permuted.iter_mut().zip(perms.of(b)).take(k) {
+        let size = [bx, by, bz];
+        for_each_block_row(size, row_stride, deps, |row, k| {
+            copy_short(&mut gathered[k..k + bz], &src[row..row + bz]);
+        });
+        for (value, &index) in permuted.iter_mut().zip(perms.of(b)).take(bx * by * bz) {
             *value = gathered[usize::from(index) & 127];
         }
-        let mut k = 0;
-        for ix in 0..bx {
-            let mut row = ix * row_stride;
-            for _ in 0..by {
-                copy_short(&mut dst[row..row + bz], &permuted[k..k + bz]);
-                k += bz;
-                row += deps;
-            }
-        }
+        for_each_block_row(size, row_stride, deps, |row, k| {
+            copy_short(&mut dst[row..row + bz], &permuted[k..k + bz]);
+        });
     }
 }
 
@@ -501,28 +493,37 @@ fn shuffle_blocks_in_order(
         let Some(([x, y, z], [bx, by, bz])) = next_block(rng, shape, max_size, needed) else {
             continue;
         };
-        let n = bx * by * bz;
-        let block = &mut buf[..n];
-        // Gather.
-        let mut k = 0;
-        for ix in x..x + bx {
-            let mut start = ix * row_stride + y * deps + z;
-            for _ in 0..by {
-                copy_short(&mut block[k..k + bz], &original[start..start + bz]);
-                k += bz;
-                start += deps;
-            }
-        }
+        let block = &mut buf[..bx * by * bz];
+        let first = (x * cols + y) * deps + z;
+        for_each_block_row([bx, by, bz], row_stride, deps, |row, k| {
+            let at = first + row;
+            copy_short(&mut block[k..k + bz], &original[at..at + bz]);
+        });
         permute(block, rng);
-        // Scatter.
-        let mut k = 0;
-        for ix in x..x + bx {
-            let mut start = ix * row_stride + y * deps + z;
-            for _ in 0..by {
-                copy_short(&mut out[start..start + bz], &block[k..k + bz]);
-                k += bz;
-                start += deps;
-            }
+        for_each_block_row([bx, by, bz], row_stride, deps, |row, k| {
+            let at = first + row;
+            copy_short(&mut out[at..at + bz], &block[k..k + bz]);
+        });
+    }
+}
+
+/// Calls `f(row, k)` for each row of a block of `size` (bx, by, bz) in C order: `row`
+/// is the offset of the row's first voxel from the block's first voxel, `k` its index
+/// in the block's own C order. Plain nested loops: the kernels call this per block.
+#[inline(always)]
+fn for_each_block_row(
+    [bx, by, bz]: [usize; 3],
+    row_stride: usize,
+    deps: usize,
+    mut f: impl FnMut(usize, usize),
+) {
+    let mut k = 0;
+    for ix in 0..bx {
+        let mut row = ix * row_stride;
+        for _ in 0..by {
+            f(row, k);
+            k += bz;
+            row += deps;
         }
     }
 }
@@ -690,6 +691,28 @@ mod tests {
         }
     }
 
+    /// [`shuffle_blocks`] of `original` with a fresh scratch and `cube_rng(seed, 0, 0)`.
+    fn shuffled(
+        original: &[f32],
+        shape: [usize; 3],
+        config: &LocalShuffleConfig,
+        seed: u64,
+        needed: Option<&[Box3]>,
+    ) -> Vec<f32> {
+        let mut out = original.to_vec();
+        let mut scratch = ShuffleScratch::default();
+        shuffle_blocks(
+            original,
+            &mut out,
+            shape,
+            config,
+            &mut cube_rng(seed, 0, 0),
+            &mut scratch,
+            needed,
+        );
+        out
+    }
+
     #[test]
     fn restricted_shuffle_writes_only_blocks_that_touch_the_boxes() {
         // With `needed`, a block that misses every box is skipped whole (nothing
@@ -703,17 +726,7 @@ mod tests {
             size: [12, 9, 7],
         }];
         for seed in 0..5 {
-            let mut out = original.clone();
-            let mut rng = cube_rng(seed, 0, 0);
-            shuffle_blocks(
-                &original,
-                &mut out,
-                shape,
-                &config,
-                &mut rng,
-                &mut ShuffleScratch::default(),
-                Some(&boxes),
-            );
+            let out = shuffled(&original, shape, &config, seed, Some(&boxes));
             let mut changed_inside = 0;
             for (i, (&o, &v)) in original.iter().zip(&out).enumerate() {
                 if o == v {
@@ -754,17 +767,7 @@ mod tests {
         };
         let original: Vec<f32> = (0..6000).map(|v| v as f32).collect();
         for seed in 0..200 {
-            let mut out = original.clone();
-            let mut rng = cube_rng(seed, 0, 0);
-            shuffle_blocks(
-                &original,
-                &mut out,
-                shape,
-                &config,
-                &mut rng,
-                &mut ShuffleScratch::default(),
-                None,
-            );
+            let out = shuffled(&original, shape, &config, seed, None);
             let changed: Vec<usize> = (0..6000).filter(|&i| out[i] != original[i]).collect();
             let mut before: Vec<f32> = changed.iter().map(|&i| original[i]).collect();
             let mut after: Vec<f32> = changed.iter().map(|&i| out[i]).collect();
