@@ -21,6 +21,9 @@ const GROUP: usize = crate::rng::DRAW_LANES;
 /// its end (see [`Permutations::of`]) fit in them.
 const POOL_ROWS: usize = 128;
 
+/// Distance in the table between consecutive entries of one block's permutation.
+pub(crate) const STRIDE: usize = GROUP;
+
 /// Entries read past a block's last index by kernels that move four voxels at a time.
 pub(crate) const SLACK_ROWS: usize = 4;
 
@@ -28,7 +31,9 @@ pub(crate) const SLACK_ROWS: usize = 4;
 pub(crate) const MAX_LEN: usize = POOL_ROWS - SLACK_ROWS;
 
 /// Permutations of `len` indices for a list of blocks, in one table: entry `k` of block
-/// `b`'s permutation is `table[starts[b] + k]`.
+/// `b`'s permutation is `table[starts[b] + k * STRIDE]`. A group's sixteen blocks are
+/// interleaved, each row of sixteen bytes holding entry `k` of every lane: the vector
+/// path stores each row of its working registers as it is, with no transpose.
 ///
 /// Use: [`draw`](Self::draw) for the blocks' lengths, then read with
 /// [`of`](Self::of). The buffers are kept between cubes, so
@@ -37,9 +42,9 @@ pub(crate) const MAX_LEN: usize = POOL_ROWS - SLACK_ROWS;
 pub(crate) struct Permutations {
     /// Where each block's entries start in `table`.
     starts: Vec<u32>,
-    /// Groups of sixteen permutations, each [`SLACK_ROWS`] entries longer than the
-    /// group's longest block; entries past a block's length are 0. The table has
-    /// [`GROUP`] bytes of slack at the end for the vector stores.
+    /// Groups of sixteen interleaved permutations, each [`SLACK_ROWS`] rows longer
+    /// than the group's longest block; entries past a block's length are 0. The table
+    /// has [`GROUP`] bytes of slack at the end.
     table: Vec<u8>,
     /// Block indices in order of length (stable).
     order: Vec<u32>,
@@ -54,12 +59,12 @@ impl Permutations {
     /// the block's length plus [`SLACK_ROWS`] minus one.
     #[cfg(test)]
     pub(crate) fn index(&self, block: usize, k: usize) -> usize {
-        usize::from(self.table[self.starts[block] as usize + k])
+        usize::from(self.table[self.starts[block] as usize + k * STRIDE])
     }
 
-    /// Block `block`'s permutation from its first entry on: entries `k` below the
-    /// block's length plus [`SLACK_ROWS`] are its own (0 past its length), all below
-    /// [`POOL_ROWS`].
+    /// Block `block`'s permutation from its first entry on, entry `k` at `k * STRIDE`:
+    /// entries `k` below the block's length plus [`SLACK_ROWS`] are its own (0 past its
+    /// length), all below [`POOL_ROWS`].
     #[inline]
     pub(crate) fn of(&self, block: usize) -> &[u8] {
         &self.table[self.starts[block] as usize..]
@@ -118,7 +123,7 @@ impl Permutations {
             let longest = group.last().map_or(0, |&b| usize::from(lens[b as usize]));
             let rows = longest + SLACK_ROWS;
             for (lane, &block) in group.iter().enumerate() {
-                self.starts[block as usize] = (size + lane * rows) as u32;
+                self.starts[block as usize] = (size + lane) as u32;
             }
             size += rows * GROUP;
         }
@@ -173,16 +178,21 @@ impl Permutations {
                     self.pool[i * GROUP..(i + 1) * GROUP].copy_from_slice(&picks);
                 }
             }
-            // Then each lane's shuffle on its own, in its place in the table.
+            // Then each lane's shuffle on its own, written to its column of the table.
             let rows = longest + SLACK_ROWS;
             let table = &mut self.table[start..start + rows * GROUP];
-            let lanes_entries = group_lens.iter().zip(table.chunks_exact_mut(rows));
-            for (lane, (&len, order)) in lanes_entries.enumerate() {
-                order.fill(0);
-                for i in 1..len as usize {
+            table.fill(0);
+            let mut order = [0u8; POOL_ROWS];
+            for (lane, &len) in group_lens.iter().enumerate() {
+                let len = len as usize;
+                order[0] = 0;
+                for i in 1..len {
                     let j = self.pool[i * GROUP + lane] as usize;
                     order[i] = order[j];
                     order[j] = i as u8;
+                }
+                for (row, &entry) in table.chunks_exact_mut(GROUP).zip(&order[..len]) {
+                    row[lane] = entry;
                 }
             }
             start += rows * GROUP;
@@ -207,10 +217,9 @@ impl Permutations {
             let (lens_of_lanes, longest) = Self::group_lens(lens, group);
             // SAFETY (this block): `lens_of_lanes` is 16 u32; every gather and scatter
             // index is j * 16 + lane with j <= i < longest <= MAX_LEN, inside the
-            // pool's POOL_ROWS * 16 entries, as is every unmasked row of a lane's
-            // gathers (below its length); the table holds 16 lanes of
-            // `longest + SLACK_ROWS` entries from `start`, then 16 bytes of slack (see
-            // `lay_out`).
+            // pool's POOL_ROWS * 16 entries; the table holds `longest + SLACK_ROWS <=
+            // POOL_ROWS` rows of 16 bytes from `start` (see `lay_out`), one per row of
+            // the pool.
             unsafe {
                 let group_lens = _mm512_loadu_si512(lens_of_lanes.as_ptr().cast());
                 _mm512_storeu_si512(pool.cast(), _mm512_setzero_si512());
@@ -229,32 +238,14 @@ impl Permutations {
                     _mm512_mask_storeu_epi32(pool.add(i * GROUP).cast(), active, moved);
                     _mm512_mask_i32scatter_epi32::<4>(pool.cast(), active, at, step);
                 }
-                // Each lane's column of the pool, sixteen rows per gather, becomes its
-                // block's entries; rows past the block's length read 0, as in
-                // `draw_portable`. A store may run up to 15 bytes past a lane's entries,
-                // into the next lane's (written after it) or the table's slack.
+                // The pool's rows become the group's rows of the table, entries past a
+                // lane's length set to 0, as in `draw_portable`.
                 let table = self.table.as_mut_ptr().add(start);
                 let rows = longest + SLACK_ROWS;
-                let down = _mm512_slli_epi32::<4>(lane_index);
-                for (lane, &len) in lens_of_lanes.iter().enumerate() {
-                    for first in (0..rows).step_by(GROUP) {
-                        let row = _mm512_add_epi32(lane_index, _mm512_set1_epi32(first as i32));
-                        let within = _mm512_cmplt_epu32_mask(row, _mm512_set1_epi32(len as i32));
-                        let at = _mm512_add_epi32(
-                            down,
-                            _mm512_set1_epi32((first * GROUP + lane) as i32),
-                        );
-                        let values = _mm512_mask_i32gather_epi32::<4>(
-                            _mm512_setzero_si512(),
-                            within,
-                            at,
-                            pool.cast_const().cast(),
-                        );
-                        _mm_storeu_si128(
-                            table.add(lane * rows + first).cast(),
-                            _mm512_cvtepi32_epi8(values),
-                        );
-                    }
+                for row in 0..rows {
+                    let within = _mm512_cmpgt_epu32_mask(group_lens, _mm512_set1_epi32(row as i32));
+                    let values = _mm512_maskz_loadu_epi32(within, pool.add(row * GROUP).cast());
+                    _mm_storeu_si128(table.add(row * GROUP).cast(), _mm512_cvtepi32_epi8(values));
                 }
                 start += rows * GROUP;
             }

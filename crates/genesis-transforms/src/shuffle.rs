@@ -5,7 +5,7 @@ use ndarray::ArrayViewMut3;
 use crate::config::LocalShuffleConfig;
 use crate::flip::dim3;
 use crate::paint::{Box3, overlaps_any};
-use crate::permutations::{MAX_LEN, Permutations, SLACK_ROWS};
+use crate::permutations::{MAX_LEN, Permutations, SLACK_ROWS, STRIDE};
 use crate::rng::{CubeRng, DRAW_LANES, NoiseRng};
 #[cfg(target_arch = "x86_64")]
 use crate::rng::{NoiseLanes, below_lanes};
@@ -398,7 +398,8 @@ fn write_blocks_portable(
         for_each_block_row(size, row_stride, deps, |row, k| {
             copy_short(&mut gathered[k..k + bz], &src[row..row + bz]);
         });
-        for (value, &index) in permuted.iter_mut().zip(perms.of(b)).take(bx * by * bz) {
+        let entries = perms.of(b).iter().step_by(STRIDE);
+        for (value, &index) in permuted.iter_mut().zip(entries).take(bx * by * bz) {
             *value = gathered[usize::from(index) & 127];
         }
         for_each_block_row(size, row_stride, deps, |row, k| {
@@ -449,7 +450,8 @@ unsafe fn write_blocks_avx512(
         // only lanes the masks let through) are in bounds of `original` and `out`;
         // `gathered` holds MAX_LEN + SLACK_ROWS = 128 values and takes rows of 4 from
         // `k < n <= MAX_LEN`; the permutation's entries for `k + lane < n + SLACK_ROWS`
-        // are in the table and below 128 (see `Permutations::of`).
+        // are in the table, `(k + lane) * STRIDE` from `perm`, and below 128 (see
+        // `Permutations::of`).
         unsafe {
             let lanes: __mmask8 = (1u8 << bz) - 1;
             let src = original.as_ptr().add(start as usize);
@@ -464,13 +466,14 @@ unsafe fn write_blocks_avx512(
             }
             // Called with a constant, so each call is its own loop.
             let write_rows = |fourth: bool| {
-                let mut k = 0;
+                // Entry k + lane of the permutation is at (k + lane) * STRIDE.
+                let mut entry = perm;
                 for &offset in offsets {
-                    let value = |lane: usize| *gathered.add(usize::from(*perm.add(k + lane)));
+                    let value = |lane: usize| *gathered.add(usize::from(*entry.add(lane * STRIDE)));
                     let last = if fourth { value(3) } else { 0.0 };
                     let row = _mm_setr_ps(value(0), value(1), value(2), last);
                     _mm_mask_storeu_ps(dst.add(offset as usize), lanes, row);
-                    k += bz;
+                    entry = entry.add(bz * STRIDE);
                 }
             };
             if shallow {
