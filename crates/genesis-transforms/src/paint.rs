@@ -168,28 +168,31 @@ pub(crate) fn for_each_row_run_in(
     mut f: impl FnMut(std::ops::Range<usize>),
 ) {
     let [rows, cols, deps] = shape;
-    let mut stack = [(0, 0); MAX_STACK_BOXES];
+    // Each box's x range and y range (clipped to the cube), sorted once by the start of
+    // the y range, so that the spans of every plane come in order.
+    // As (y start, y end, x start, x end).
+    let mut stack = [(0, 0, 0, 0); MAX_STACK_BOXES];
     let mut heap = Vec::new();
-    let spans: &mut [(usize, usize)] = if boxes.len() <= MAX_STACK_BOXES {
+    let spans: &mut [(usize, usize, usize, usize)] = if boxes.len() <= MAX_STACK_BOXES {
         &mut stack[..]
     } else {
-        heap.resize(boxes.len(), (0, 0));
+        heap.resize(boxes.len(), (0, 0, 0, 0));
         &mut heap
     };
-    for x in 0..rows {
-        let mut n = 0;
-        for b in boxes.iter().filter(|b| b.range(0).contains(&x)) {
-            let ys = b.range(1);
-            if ys.start < ys.end.min(cols) {
-                spans[n] = (ys.start, ys.end.min(cols));
-                n += 1;
-            }
+    let mut n = 0;
+    for b in boxes {
+        let (xs, ys) = (b.range(0), b.range(1));
+        if ys.start < ys.end.min(cols) {
+            spans[n] = (ys.start, ys.end.min(cols), xs.start, xs.end);
+            n += 1;
         }
-        let spans = &mut spans[..n];
-        spans.sort_unstable();
+    }
+    let spans = &mut spans[..n];
+    spans.sort_unstable_by_key(|&(y_start, ..)| y_start);
+    for x in 0..rows {
         let run = |(start, end): (usize, usize)| (x * cols + start) * deps..(x * cols + end) * deps;
         let mut current: Option<(usize, usize)> = None;
-        for &(start, end) in spans.iter() {
+        for &(start, end, ..) in spans.iter().filter(|&&(.., x0, x1)| (x0..x1).contains(&x)) {
             current = match current {
                 Some((open, close)) if start <= close => Some((open, close.max(end))),
                 Some(done) => {
