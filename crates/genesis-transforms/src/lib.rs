@@ -3,7 +3,7 @@
 //!
 //! The self-supervised task of Models Genesis is to restore a cube of CT from a
 //! transformed copy. This crate makes the (input, target) pairs, with the semantics of
-//! the published NumPy code (`pytorch/utils.py`) but deterministic and about 60 to 100
+//! the published NumPy code (`pytorch/utils.py`) but deterministic and about 80 to 160
 //! times faster on one core (`docs/benchmarks.md`; on x86_64 with AVX-512 the hot loops
 //! use it, with portable paths that give the same bits elsewhere, more slowly):
 //!
