@@ -168,9 +168,8 @@ pub(crate) fn for_each_row_run_in(
     mut f: impl FnMut(std::ops::Range<usize>),
 ) {
     let [rows, cols, deps] = shape;
-    // Each box's x range and y range (clipped to the cube), sorted once by the start of
-    // the y range, so that the spans of every plane come in order.
-    // As (y start, y end, x start, x end).
+    // Each box as (y start, y end clipped to the cube, x start, x end), sorted once by
+    // the start of the y range, so that the spans of every plane come in order.
     let mut stack = [(0, 0, 0, 0); MAX_STACK_BOXES];
     let mut heap = Vec::new();
     let spans: &mut [(usize, usize, usize, usize)] = if boxes.len() <= MAX_STACK_BOXES {
