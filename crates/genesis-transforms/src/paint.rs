@@ -12,6 +12,10 @@ use crate::{Error, Result};
 /// up to this many minus one extra (the paper uses 1 + 4, in-painting 5).
 const MAX_STACK_BOXES: usize = 16;
 
+/// Rows per plane (cube columns) up to which out-painting makes a plane's keep masks
+/// on the stack.
+const MAX_MASKED_ROWS: usize = 256;
+
 /// An axis-aligned box: origin and size per axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Box3 {
@@ -301,6 +305,34 @@ fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl Nois
 fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut impl NoiseFill) {
     let [rows, cols, deps] = shape;
     let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
+    if deps <= 64 && cols <= MAX_MASKED_ROWS {
+        // One run per row: each plane's masks are made box by box first (a short loop
+        // over each box's rows), so the row loop has no test per box.
+        let mut masks = [0u64; MAX_MASKED_ROWS];
+        let masks = &mut masks[..cols];
+        let whole_row = low_bits(deps);
+        for x in 0..rows {
+            masks.fill(0);
+            let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
+            for b in plane_boxes.iter().filter(|b| b.range(0).contains(&x)) {
+                let (zs, ys) = (b.range(2), b.range(1));
+                let (start, end) = (zs.start.min(deps), zs.end.min(deps));
+                if start < end {
+                    let kept = low_bits(end - start) << start;
+                    for mask in &mut masks[ys.start.min(cols)..ys.end.min(cols)] {
+                        *mask |= kept;
+                    }
+                }
+            }
+            let plane = &mut data[x * cols * deps..(x + 1) * cols * deps];
+            for (row, &keep) in plane.chunks_exact_mut(deps).zip(masks.iter()) {
+                if keep != whole_row {
+                    noise.fill_except(row, keep);
+                }
+            }
+        }
+        return;
+    }
     for x in 0..rows {
         let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
         for y in 0..cols {
@@ -385,6 +417,71 @@ mod tests {
             boxes.push(draw(&mut rng));
         }
         boxes
+    }
+
+    /// Records every `fill_except` call as (offset of the run in the buffer, length,
+    /// keep mask), writing nothing.
+    struct Recorder<'a> {
+        base: *const f32,
+        calls: &'a mut Vec<(usize, usize, u64)>,
+    }
+
+    impl NoiseFill for Recorder<'_> {
+        fn fill_except(&mut self, out: &mut [f32], keep: u64) {
+            // SAFETY: `out` is a part of the buffer `base` points to.
+            let offset = unsafe { out.as_ptr().offset_from(self.base) } as usize;
+            self.calls.push((offset, out.len(), keep));
+        }
+    }
+
+    #[test]
+    fn out_painting_fills_every_run_not_kept_whole_in_row_order() {
+        // Against a voxel-by-voxel scan: one run per row up to 64 deep (the per-plane
+        // masks), several runs per row past that; boxes overlap, touch the edges, and
+        // outnumber the stack's slots in some rounds.
+        let mut rng = cube_rng(11, 0, 0);
+        for (round, shape) in [[6, 9, 32], [5, 7, 64], [4, 6, 150], [3, 300, 5]]
+            .into_iter()
+            .cycle()
+            .take(80)
+            .enumerate()
+        {
+            let count = 1 + rng.randint(0, if round % 9 == 0 { 20 } else { 4 });
+            let boxes: Vec<Box3> = (0..count)
+                .map(|_| {
+                    let size = shape.map(|dim| rng.randint(1, dim));
+                    let origin = [0, 1, 2].map(|axis| rng.randint(0, shape[axis] - size[axis]));
+                    Box3 { origin, size }
+                })
+                .collect();
+            let mut data = vec![0f32; shape.iter().product()];
+            let mut calls = Vec::new();
+            let mut recorder = Recorder {
+                base: data.as_ptr(),
+                calls: &mut calls,
+            };
+            out_paint_rows(&mut data, shape, &boxes, &mut recorder);
+            let [rows, cols, deps] = shape;
+            let mut expected = Vec::new();
+            for x in 0..rows {
+                for y in 0..cols {
+                    for run_start in (0..deps).step_by(64) {
+                        let len = (deps - run_start).min(64);
+                        let mut keep = 0u64;
+                        for z in 0..len {
+                            let voxel = [x, y, run_start + z];
+                            if boxes.iter().any(|b| b.contains(voxel)) {
+                                keep |= 1 << z;
+                            }
+                        }
+                        if keep != low_bits(len) {
+                            expected.push(((x * cols + y) * deps + run_start, len, keep));
+                        }
+                    }
+                }
+            }
+            assert_eq!(calls, expected, "round {round}, {shape:?}: {boxes:?}");
+        }
     }
 
     #[test]
