@@ -305,7 +305,7 @@ fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl Nois
 fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut impl NoiseFill) {
     let [rows, cols, deps] = shape;
     let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
-    if deps <= 64 && cols <= MAX_MASKED_ROWS {
+    if (1..=64).contains(&deps) && cols <= MAX_MASKED_ROWS {
         // One run per row: each plane's masks are made box by box first (a short loop
         // over each box's rows), so the row loop has no test per box.
         let mut masks = [0u64; MAX_MASKED_ROWS];
