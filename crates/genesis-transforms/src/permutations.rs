@@ -12,7 +12,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use crate::rng::below_lanes;
-use crate::rng::{CubeRng, NoiseRng};
+use crate::rng::{CubeRng, NoiseRng, draw_word};
 
 /// Blocks per group: one per 32-bit lane of a 512-bit register.
 const GROUP: usize = crate::rng::DRAW_LANES;
@@ -161,7 +161,7 @@ impl Permutations {
                 let bound = i as u64 + 1;
                 let row = &mut self.pool[i * GROUP..(i + 1) * GROUP];
                 for (lane, pick) in row.iter_mut().enumerate() {
-                    let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
+                    let word = draw_word(&words, lane);
                     let product = word * bound;
                     *pick = (product >> 32) as u32;
                     near |= (product & 0xffff_ffff) < bound;

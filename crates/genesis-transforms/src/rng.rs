@@ -242,6 +242,13 @@ impl NoiseRng {
     }
 }
 
+/// Draw `lane`'s 32 bits of one step's outputs: the low half of lane `lane / 2`'s word
+/// for even `lane`, the high half for odd.
+#[inline(always)]
+pub(crate) fn draw_word(words: &[u64; NOISE_LANES], lane: usize) -> u64 {
+    (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff
+}
+
 /// Draws per step of [`NoiseRng::below_lanes`]: one per 32-bit half of a lane's output.
 pub(crate) const DRAW_LANES: usize = 2 * NOISE_LANES;
 
@@ -263,7 +270,7 @@ impl NoiseRng {
             let mut picks = [0u32; DRAW_LANES];
             let mut near = 0u16;
             for (lane, (pick, &bound)) in picks.iter_mut().zip(bounds).enumerate() {
-                let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
+                let word = draw_word(&words, lane);
                 let product = word * u64::from(bound);
                 *pick = (product >> 32) as u32;
                 near |= u16::from((product as u32) < bound) << lane;
@@ -280,7 +287,7 @@ impl NoiseRng {
     #[cold]
     fn rejects(words: &[u64; NOISE_LANES], bounds: &[u32; DRAW_LANES], near: u16) -> bool {
         (0..DRAW_LANES).any(|lane| {
-            let word = (words[lane / 2] >> (32 * (lane % 2))) & 0xffff_ffff;
+            let word = draw_word(words, lane);
             let low = (word * u64::from(bounds[lane])) as u32;
             (near >> lane) & 1 == 1 && in_rejection_zone(low, bounds[lane])
         })

@@ -68,12 +68,17 @@ pub(crate) fn shuffle_blocks(
     scratch: &mut ShuffleScratch,
     needed: Option<&[Box3]>,
 ) {
+    let vector = has_avx512_vl();
+    shuffle_blocks_with(original, out, shape, config, rng, scratch, needed, vector);
+}
+
+/// Whether the CPU has AVX-512F and AVX-512VL, which the shuffle's vector paths use.
+fn has_avx512_vl() -> bool {
     #[cfg(target_arch = "x86_64")]
-    let vector = std::arch::is_x86_feature_detected!("avx512f")
+    return std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl");
     #[cfg(not(target_arch = "x86_64"))]
-    let vector = false;
-    shuffle_blocks_with(original, out, shape, config, rng, scratch, needed, vector);
+    false
 }
 
 /// [`shuffle_blocks`] with the choice of AVX-512 paths made by the caller (`vector`:
@@ -652,11 +657,7 @@ mod tests {
         // output and same stream position, for the paper's blocks, blocks four deep,
         // blocks too deep for the vector row kernel, and blocks too large for the lane
         // permutations, on the whole cube and restricted to two boxes.
-        #[cfg(target_arch = "x86_64")]
-        let vector = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl");
-        #[cfg(not(target_arch = "x86_64"))]
-        let vector = false;
+        let vector = has_avx512_vl();
         for (shape, divisor) in [
             ([64, 64, 32], 10),
             ([40, 40, 40], 10),
