@@ -304,7 +304,6 @@ fn fill_box(data: &mut [f32], shape: [usize; 3], b: &Box3, noise: &mut impl Nois
 #[inline(always)]
 fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &mut impl NoiseFill) {
     let [rows, cols, deps] = shape;
-    let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
     if (1..=64).contains(&deps) && cols <= MAX_MASKED_ROWS {
         // One run per row: each plane's masks are made box by box first (a short loop
         // over each box's rows), so the row loop has no test per box.
@@ -313,8 +312,7 @@ fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &m
         let whole_row = low_bits(deps);
         for x in 0..rows {
             masks.fill(0);
-            let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
-            for b in plane_boxes.iter().filter(|b| b.range(0).contains(&x)) {
+            for b in boxes.iter().filter(|b| b.range(0).contains(&x)) {
                 let (zs, ys) = (b.range(2), b.range(1));
                 let (start, end) = (zs.start.min(deps), zs.end.min(deps));
                 if start < end {
@@ -333,6 +331,7 @@ fn out_paint_rows(data: &mut [f32], shape: [usize; 3], boxes: &[Box3], noise: &m
         }
         return;
     }
+    let mut in_plane = [Box3::default(); MAX_STACK_BOXES];
     for x in 0..rows {
         let plane_boxes = boxes_in_plane(boxes, x, &mut in_plane);
         for y in 0..cols {

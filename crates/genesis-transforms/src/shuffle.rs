@@ -49,8 +49,9 @@ fn unpack(size: u32) -> [usize; 3] {
 /// ranges. When blocks hold at most [`MAX_LEN`] voxels (the paper's hold at most 108),
 /// all blocks are drawn first, sixteen at a time from vector lanes, and their
 /// permutations then come sixteen at a time too ([`Permutations`]); larger blocks draw
-/// sizes, origin and permutation one block after the other from `rng`. On x86_64 CPUs with AVX-512F and AVX-512VL, blocks of
-/// at most 4 voxels deep are also moved by a kernel with no branch per row. Every path
+/// sizes, origin and permutation one block after the other from `rng`. On x86_64 CPUs
+/// with AVX-512F and AVX-512VL, blocks of at most 4 voxels deep are also moved by a
+/// kernel with no branch per row. Every path
 /// for a given config makes the same draws and writes the same values (a test compares
 /// them).
 ///
