@@ -83,32 +83,36 @@ fn pairs(c: &mut Criterion) {
     let mut targets = vec![0f32; cubes.len()];
     let config = TransformConfig::paper();
     let mut group = c.benchmark_group("pairs_paper_64x64x32");
-    group.throughput(Throughput::Elements(n_cubes as u64));
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for threads in [1, all] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut epoch = 0;
-        group.bench_function(format!("batch64_threads{threads}"), |b| {
-            b.iter(|| {
-                epoch += 1;
-                pool.install(|| {
-                    generate_pairs(
-                        &cubes,
-                        SHAPE,
-                        &mut inputs,
-                        &mut targets,
-                        &config,
-                        1,
-                        epoch,
-                        0,
-                    )
-                })
+    // 64 cubes per call, and 6: the batch genesis-train asks for (its default batch size).
+    for batch in [64, 6] {
+        let n = batch * len;
+        group.throughput(Throughput::Elements(batch as u64));
+        for threads in [1, all] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
                 .unwrap_or_else(|e| panic!("{e}"));
-            })
-        });
+            let mut epoch = 0;
+            group.bench_function(format!("batch{batch}_threads{threads}"), |b| {
+                b.iter(|| {
+                    epoch += 1;
+                    pool.install(|| {
+                        generate_pairs(
+                            &cubes[..n],
+                            SHAPE,
+                            &mut inputs[..n],
+                            &mut targets[..n],
+                            &config,
+                            1,
+                            epoch,
+                            0,
+                        )
+                    })
+                    .unwrap_or_else(|e| panic!("{e}"));
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -1,5 +1,7 @@
 //! Pair generation: the original's `generate_pair`, per cube and for whole batches.
 
+use std::cell::RefCell;
+
 use ndarray::{ArrayView3, ArrayViewMut3};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,8 @@ impl PairScratch {
     /// Buffers sized for cubes of `shape` (rows, cols, deps) with block divisors down to
     /// the paper's; other shapes and configs still work, growing the buffers once.
     pub fn new(shape: [usize; 3]) -> Self {
+        #[cfg(test)]
+        tests::SCRATCHES_MADE.with(|made| made.set(made.get() + 1));
         let paper = TransformConfig::paper();
         let mut shuffle = ShuffleScratch::default();
         shuffle.reserve(shape, &paper.local_shuffle);
@@ -269,12 +273,64 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+thread_local! {
+    /// The [`PairScratch`] that [`generate_pairs`] keeps on each thread between calls.
+    static THREAD_SCRATCH: RefCell<Option<PairScratch>> = const { RefCell::new(None) };
+}
+
+/// A rayon work item's [`PairScratch`]: taken from the thread's cache (or made), and put
+/// back when the work item ends. Making one means about 0.6 MB of fresh buffers (page
+/// faults, zeroing) and a table build, and rayon starts at least two work items per
+/// call: at the trainer's batches of six cubes that was about 4% of the time (see
+/// docs/benchmarks.md).
+struct ThreadScratch {
+    shape: [usize; 3],
+    scratch: Option<PairScratch>,
+}
+
+impl ThreadScratch {
+    fn take(shape: [usize; 3]) -> Self {
+        // A work item that rayon runs while another waits on the same thread finds the
+        // cache empty and makes its own.
+        let cached = THREAD_SCRATCH
+            .try_with(|slot| slot.try_borrow_mut().ok()?.take())
+            .ok()
+            .flatten();
+        Self {
+            shape,
+            scratch: cached,
+        }
+    }
+
+    fn get(&mut self) -> &mut PairScratch {
+        let shape = self.shape;
+        self.scratch.get_or_insert_with(|| PairScratch::new(shape))
+    }
+}
+
+impl Drop for ThreadScratch {
+    fn drop(&mut self) {
+        let Some(scratch) = self.scratch.take() else {
+            return;
+        };
+        // The thread may be exiting (`try_with` fails); the scratch is then dropped.
+        let _ = THREAD_SCRATCH.try_with(|slot| {
+            if let Ok(mut slot) = slot.try_borrow_mut()
+                && slot.is_none()
+            {
+                *slot = Some(scratch);
+            }
+        });
+    }
+}
+
 /// Generates pairs for a whole batch in parallel (rayon over cubes).
 ///
 /// `cubes`, `inputs` and `targets` are contiguous C-order buffers of `n` cubes of
 /// `shape` (rows, cols, deps) each. Cube `i` uses `cube_rng(seed, epoch, first_cube_index
 /// + i)`, so the result is bit-identical for any thread count and any split of a dataset
-/// into batches. No per-cube heap allocation: one [`PairScratch`] per rayon work item.
+/// into batches. No heap allocation per cube, nor per call in steady state: each thread
+/// keeps one [`PairScratch`] (about 0.6 MB for the paper's cubes) from call to call.
 // The argument list is the API other crates code against: buffers, shape, config and
 // the (seed, epoch, first index) triple that makes every cube's stream.
 #[allow(clippy::too_many_arguments)]
@@ -320,8 +376,9 @@ pub fn generate_pairs(
         .zip(targets.par_chunks_exact_mut(cube_len))
         .enumerate()
         .for_each_init(
-            || PairScratch::new(shape),
+            || ThreadScratch::take(shape),
             |scratch, (i, ((cube, input), target))| {
+                let scratch = scratch.get();
                 let cube = ArrayView3::from_shape((rows, cols, deps), cube)
                     .unwrap_or_else(|_| unreachable!("chunk length equals the cube length"));
                 let mut rng = cube_rng(seed, epoch, first_cube_index + i as u64);
@@ -335,6 +392,45 @@ pub fn generate_pairs(
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    thread_local! {
+        /// [`PairScratch::new`] calls on this thread.
+        pub(super) static SCRATCHES_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn generate_pairs_reuses_each_threads_scratch_from_call_to_call() {
+        let shape = [16, 16, 16];
+        let len: usize = shape.iter().product();
+        let cubes: Vec<f32> = (0..6 * len).map(|i| (i % 97) as f32 / 97.0).collect();
+        let (mut inputs, mut targets) = (vec![0f32; cubes.len()], vec![0f32; cubes.len()]);
+        let config = TransformConfig::paper();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool");
+        let made = pool.install(|| {
+            let mut made = Vec::new();
+            for epoch in 0..3 {
+                generate_pairs(
+                    &cubes,
+                    shape,
+                    &mut inputs,
+                    &mut targets,
+                    &config,
+                    5,
+                    epoch,
+                    0,
+                )
+                .expect("valid pairs");
+                made.push(SCRATCHES_MADE.with(std::cell::Cell::get));
+            }
+            made
+        });
+        assert!(made[0] >= 1, "the first call makes a scratch: {made:?}");
+        assert_eq!(made[1], made[0], "the second call makes none: {made:?}");
+        assert_eq!(made[2], made[0], "the third call makes none: {made:?}");
+    }
 
     /// [`generate_pair_traced`] of `cube` into `input` and `target`, drawing from
     /// `cube_rng(seed, 0, 0)`.
