@@ -338,19 +338,21 @@ impl BezierMap {
             .iter_mut()
             .zip(nodes.iter().zip(&nodes[1..]))
             .zip(bends.iter().zip(&bends[1..]));
+        let mut exact_cells = 0;
         for ((entry, (&lo, &hi)), (&bend_lo, &bend_hi)) in cells {
-            let rise = if bend_lo > BEND_LIMIT || bend_hi > BEND_LIMIT {
-                f32::NAN
-            } else {
-                (hi - lo) as f32
-            };
+            let exact = (bend_lo > BEND_LIMIT) | (bend_hi > BEND_LIMIT);
+            let rise = if exact { f32::NAN } else { (hi - lo) as f32 };
             *entry = [lo as f32, rise];
+            exact_cells += usize::from(exact);
         }
         self.bends = bends;
         self.nodes = nodes;
-        for cell in 0..LUT_CELLS {
-            if self.lut[cell][1].is_nan() {
-                self.brackets[cell] = self.cell_bracket(cell);
+        // Most curves (about 92% of random ones) have no exact-path cell: skip the scan.
+        if exact_cells > 0 {
+            for cell in 0..LUT_CELLS {
+                if self.lut[cell][1].is_nan() {
+                    self.brackets[cell] = self.cell_bracket(cell);
+                }
             }
         }
     }
