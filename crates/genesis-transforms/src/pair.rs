@@ -432,6 +432,60 @@ mod tests {
         assert_eq!(made[2], made[0], "the third call makes none: {made:?}");
     }
 
+    /// Each cube's pair from [`generate_pair`] with a scratch of its own.
+    fn pairs_with_fresh_scratch(
+        cubes: &[f32],
+        shape: [usize; 3],
+        config: &TransformConfig,
+        seed: u64,
+        epoch: u64,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let len: usize = shape.iter().product();
+        let (mut inputs, mut targets) = (vec![0f32; cubes.len()], vec![0f32; cubes.len()]);
+        let chunks = cubes.chunks_exact(len).zip(
+            inputs
+                .chunks_exact_mut(len)
+                .zip(targets.chunks_exact_mut(len)),
+        );
+        for (i, (cube, (input, target))) in chunks.enumerate() {
+            let cube = ArrayView3::from_shape(shape, cube).expect("cube shape");
+            let input = ArrayViewMut3::from_shape(shape, input).expect("input shape");
+            let target = ArrayViewMut3::from_shape(shape, target).expect("target shape");
+            let mut rng = cube_rng(seed, epoch, i as u64);
+            let mut scratch = PairScratch::new(shape);
+            generate_pair(cube, input, target, config, &mut rng, &mut scratch).expect("pair");
+        }
+        (inputs, targets)
+    }
+
+    #[test]
+    fn a_reused_scratch_gives_the_pairs_of_a_fresh_one_across_shapes() {
+        let config = TransformConfig::paper();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool");
+        // Shapes in turn on one thread, so each call inherits the previous call's scratch.
+        for (round, shape) in [[16, 16, 16], [24, 20, 14], [16, 16, 16], [48, 40, 32]]
+            .into_iter()
+            .enumerate()
+        {
+            let len: usize = shape.iter().product();
+            let cubes: Vec<f32> = (0..4 * len)
+                .map(|i| ((i * 7 + round) % 101) as f32 / 101.0)
+                .collect();
+            let (mut inputs, mut targets) = (vec![0f32; cubes.len()], vec![0f32; cubes.len()]);
+            pool.install(|| {
+                generate_pairs(&cubes, shape, &mut inputs, &mut targets, &config, 9, 1, 0)
+            })
+            .expect("valid pairs");
+            let (want_inputs, want_targets) =
+                pairs_with_fresh_scratch(&cubes, shape, &config, 9, 1);
+            assert_eq!(inputs, want_inputs, "inputs, shape {shape:?}");
+            assert_eq!(targets, want_targets, "targets, shape {shape:?}");
+        }
+    }
+
     /// [`generate_pair_traced`] of `cube` into `input` and `target`, drawing from
     /// `cube_rng(seed, 0, 0)`.
     fn traced_pair(
