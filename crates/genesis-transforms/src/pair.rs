@@ -1,9 +1,9 @@
 //! Pair generation: the original's `generate_pair`, per cube and for whole batches.
 
 use std::cell::RefCell;
+use std::sync::{Mutex, PoisonError};
 
 use ndarray::{ArrayView3, ArrayViewMut3};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::bezier::BezierMap;
@@ -121,6 +121,51 @@ pub fn generate_pair_traced(
     ))
 }
 
+/// The draws a pair makes before its kernels write anything, in stream order: the
+/// flips, the painting (drawn ahead of the other kernels; see [`pair_into_slices`]) and
+/// whether local shuffling runs.
+struct PairPlan {
+    flip: FlipTrace,
+    painting: Option<Painting>,
+    local_shuffle: bool,
+}
+
+impl PairPlan {
+    fn draw(shape: [usize; 3], config: &TransformConfig, rng: &mut CubeRng) -> Self {
+        let flip = draw_flips(rng, config.flip_rate, config.max_flips);
+        let painting = (rng.uniform() < config.paint_rate).then(|| {
+            if rng.uniform() < config.inpaint_rate {
+                Painting::draw_in(shape, &config.in_paint, rng)
+            } else {
+                Painting::draw_out(shape, &config.out_paint, rng)
+            }
+        });
+        let local_shuffle = rng.uniform() < config.local_rate;
+        Self {
+            flip,
+            painting,
+            local_shuffle,
+        }
+    }
+
+    /// A rough relative cost of the pair, for scheduling only: local shuffling costs
+    /// about five times the rest of a pair, and under out-painting only the blocks
+    /// near the kept boxes are written.
+    fn cost(&self, shape: [usize; 3]) -> u32 {
+        const REST: u32 = 200;
+        const SHUFFLE: u32 = 1000;
+        if !self.local_shuffle {
+            return REST;
+        }
+        let Some(boxes) = self.painting.as_ref().and_then(Painting::kept) else {
+            return REST + SHUFFLE;
+        };
+        let volume: usize = shape.iter().product();
+        let kept: usize = boxes.iter().map(|b| b.size.iter().product::<usize>()).sum();
+        REST + (SHUFFLE as usize * kept.min(volume) / volume.max(1)) as u32
+    }
+}
+
 /// The pair pipeline on validated buffers.
 fn pair_into_slices(
     cube: ArrayView3<'_, f32>,
@@ -131,8 +176,18 @@ fn pair_into_slices(
     rng: &mut CubeRng,
     scratch: &mut PairScratch,
 ) -> PairTrace {
+    // The painting is drawn before the other kernels (its draws do not depend on
+    // theirs), so that out-painting's kept boxes are known: every other voxel of the
+    // input becomes noise, so the shuffle and the non-linear map are computed only
+    // where those boxes need them. The result has the distribution of the original's
+    // order (shuffle, map, then painting over everything).
+    let PairPlan {
+        flip,
+        painting,
+        local_shuffle,
+    } = PairPlan::draw(shape, config, rng);
     let mut trace = PairTrace {
-        flip: draw_flips(rng, config.flip_rate, config.max_flips),
+        flip,
         ..Default::default()
     };
     // target = flip(cube) in one pass; input = target.
@@ -147,18 +202,6 @@ fn pair_into_slices(
             .unwrap_or_else(|_| unreachable!("target length was checked against the shape"));
         dst.assign(&flipped);
     }
-    // The painting is drawn before the other kernels (its draws do not depend on
-    // theirs), so that out-painting's kept boxes are known: every other voxel of the
-    // input becomes noise, so the shuffle and the non-linear map are computed only
-    // where those boxes need them. The result has the distribution of the original's
-    // order (shuffle, map, then painting over everything).
-    let painting = (rng.uniform() < config.paint_rate).then(|| {
-        if rng.uniform() < config.inpaint_rate {
-            Painting::draw_in(shape, &config.in_paint, rng)
-        } else {
-            Painting::draw_out(shape, &config.out_paint, rng)
-        }
-    });
     let kept = painting.as_ref().and_then(Painting::kept);
     // input = target, made by the first kernel that writes it (a copy only when the
     // non-linear map, which can read target directly, does not come first). Under
@@ -170,7 +213,7 @@ fn pair_into_slices(
         None => input.copy_from_slice(target),
     };
     let mut input_ready = false;
-    if rng.uniform() < config.local_rate {
+    if local_shuffle {
         copy_input(input, target);
         input_ready = true;
         // The un-shuffled input is exactly the target, so no copy is needed.
@@ -327,10 +370,15 @@ impl Drop for ThreadScratch {
 /// Generates pairs for a whole batch in parallel (rayon over cubes).
 ///
 /// `cubes`, `inputs` and `targets` are contiguous C-order buffers of `n` cubes of
-/// `shape` (rows, cols, deps) each. Cube `i` uses `cube_rng(seed, epoch, first_cube_index
-/// + i)`, so the result is bit-identical for any thread count and any split of a dataset
-/// into batches. No heap allocation per cube, nor per call in steady state: each thread
-/// keeps one [`PairScratch`] (about 0.6 MB for the paper's cubes) from call to call.
+/// `shape` (rows, cols, deps) each. Cube `i` uses
+/// `cube_rng(seed, epoch, first_cube_index + i)`, so the result is bit-identical for any
+/// thread count and any split of a dataset into batches.
+///
+/// Pairs are handed to the pool's threads dearest first (a pair with local shuffling
+/// costs up to about six times one without), which evens out the threads' loads in small
+/// batches. No heap allocation per cube: each thread keeps one [`PairScratch`] (about
+/// 0.6 MB for the paper's cubes) from call to call, and each call makes only its work
+/// list (64 bytes per cube).
 // The argument list is the API other crates code against: buffers, shape, config and
 // the (seed, epoch, first index) triple that makes every cube's stream.
 #[allow(clippy::too_many_arguments)]
@@ -370,21 +418,43 @@ pub fn generate_pairs(
     }
     config.validate(shape)?;
     let [rows, cols, deps] = shape;
-    cubes
-        .par_chunks_exact(cube_len)
-        .zip(inputs.par_chunks_exact_mut(cube_len))
-        .zip(targets.par_chunks_exact_mut(cube_len))
+    // Pairs differ up to about six-fold in cost (local shuffling or not), so they are
+    // handed out dearest first, each to the next free thread: with few cubes per
+    // thread, a dear pair started last would leave the other threads idle. A pair's
+    // cost comes from replaying its first draws; the order does not change any output.
+    let mut work: Vec<_> = cubes
+        .chunks_exact(cube_len)
+        .zip(inputs.chunks_exact_mut(cube_len))
+        .zip(targets.chunks_exact_mut(cube_len))
         .enumerate()
-        .for_each_init(
-            || ThreadScratch::take(shape),
-            |scratch, (i, ((cube, input), target))| {
-                let scratch = scratch.get();
-                let cube = ArrayView3::from_shape((rows, cols, deps), cube)
-                    .unwrap_or_else(|_| unreachable!("chunk length equals the cube length"));
-                let mut rng = cube_rng(seed, epoch, first_cube_index + i as u64);
-                pair_into_slices(cube, input, target, shape, config, &mut rng, scratch);
-            },
-        );
+        .map(|(i, ((cube, input), target))| {
+            let index = first_cube_index + i as u64;
+            let cost = PairPlan::draw(shape, config, &mut cube_rng(seed, epoch, index)).cost(shape);
+            (cost, index, cube, input, target)
+        })
+        .collect();
+    work.sort_by_key(|&(cost, index, ..)| (std::cmp::Reverse(cost), index));
+    let queue = Mutex::new(work.into_iter());
+    let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+    let worker = || {
+        let mut scratch = ThreadScratch::take(shape);
+        while let Some((_, index, cube, input, target)) = next() {
+            #[cfg(test)]
+            tests::DISPATCHED.with(|order| order.borrow_mut().push(index));
+            let cube = ArrayView3::from_shape((rows, cols, deps), cube)
+                .unwrap_or_else(|_| unreachable!("chunk length equals the cube length"));
+            let mut rng = cube_rng(seed, epoch, index);
+            pair_into_slices(cube, input, target, shape, config, &mut rng, scratch.get());
+        }
+    };
+    // One worker per thread of the current pool; a worker that starts after the
+    // queue has run dry returns at once.
+    rayon::scope(|scope| {
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(|_| worker());
+        }
+        worker();
+    });
     Ok(())
 }
 
@@ -396,6 +466,80 @@ mod tests {
     thread_local! {
         /// [`PairScratch::new`] calls on this thread.
         pub(super) static SCRATCHES_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// The cube indices [`generate_pairs`] started on this thread, in order.
+        pub(super) static DISPATCHED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Each cube's [`PairPlan`] cost, replayed from its stream.
+    fn plan_cost(config: &TransformConfig, shape: [usize; 3], epoch: u64, index: u64) -> u32 {
+        PairPlan::draw(shape, config, &mut cube_rng(7, epoch, index)).cost(shape)
+    }
+
+    #[test]
+    fn generate_pairs_starts_the_dearest_pairs_first() {
+        let shape = [16, 16, 16];
+        let len: usize = shape.iter().product();
+        let n = 40;
+        let cubes: Vec<f32> = (0..n * len).map(|i| (i % 89) as f32 / 89.0).collect();
+        let (mut inputs, mut targets) = (vec![0f32; cubes.len()], vec![0f32; cubes.len()]);
+        let config = TransformConfig::paper();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool");
+        let order = pool.install(|| {
+            DISPATCHED.with(|order| order.borrow_mut().clear());
+            generate_pairs(&cubes, shape, &mut inputs, &mut targets, &config, 7, 2, 50)
+                .expect("valid buffers");
+            DISPATCHED.with(|order| order.take())
+        });
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (50..50 + n as u64).collect::<Vec<_>>(),
+            "each cube once"
+        );
+        let costs: Vec<u32> = order
+            .iter()
+            .map(|&index| plan_cost(&config, shape, 2, index))
+            .collect();
+        assert!(costs.windows(2).all(|pair| pair[0] >= pair[1]), "{costs:?}");
+        assert!(
+            costs[0] > costs[n - 1],
+            "the batch mixes dear and cheap pairs"
+        );
+    }
+
+    #[test]
+    fn plan_costs_rank_full_shuffles_over_out_painted_ones_over_none() {
+        let shape = [64, 64, 32];
+        let config = TransformConfig::paper();
+        let (mut full, mut partial, mut cheap) = (Vec::new(), Vec::new(), Vec::new());
+        for index in 0..400 {
+            let mut rng = cube_rng(7, 0, index);
+            let plan = PairPlan::draw(shape, &config, &mut rng);
+            let cost = plan.cost(shape);
+            let out_painted = plan.painting.as_ref().is_some_and(|p| !p.inside);
+            match (plan.local_shuffle, out_painted) {
+                (false, _) => cheap.push(cost),
+                (true, false) => full.push(cost),
+                (true, true) => partial.push(cost),
+            }
+        }
+        assert!(
+            [&full, &partial, &cheap]
+                .iter()
+                .all(|costs| costs.len() > 20)
+        );
+        let (max, min) = (
+            |c: &[u32]| *c.iter().max().unwrap(),
+            |c: &[u32]| *c.iter().min().unwrap(),
+        );
+        assert_eq!(min(&cheap), max(&cheap), "unshuffled pairs cost the same");
+        assert_eq!(min(&full), max(&full), "fully shuffled pairs cost the same");
+        assert!(min(&partial) > max(&cheap));
+        assert!(max(&partial) < min(&full));
     }
 
     #[test]
