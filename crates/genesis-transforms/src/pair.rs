@@ -116,8 +116,9 @@ pub fn generate_pair_traced(
     let target = target
         .as_slice_mut()
         .ok_or(Error::NotContiguous { what: "target" })?;
+    let plan = PairPlan::draw(shape, config, rng);
     Ok(pair_into_slices(
-        cube, input, target, shape, config, rng, scratch,
+        cube, input, target, shape, config, plan, rng, scratch,
     ))
 }
 
@@ -166,13 +167,17 @@ impl PairPlan {
     }
 }
 
-/// The pair pipeline on validated buffers.
+/// The pair pipeline on validated buffers, after `plan` was drawn from `rng`.
+// Buffers, shape and config as in `generate_pair`, plus the plan and the stream it
+// was drawn from.
+#[allow(clippy::too_many_arguments)]
 fn pair_into_slices(
     cube: ArrayView3<'_, f32>,
     input: &mut [f32],
     target: &mut [f32],
     shape: [usize; 3],
     config: &TransformConfig,
+    plan: PairPlan,
     rng: &mut CubeRng,
     scratch: &mut PairScratch,
 ) -> PairTrace {
@@ -185,7 +190,7 @@ fn pair_into_slices(
         flip,
         painting,
         local_shuffle,
-    } = PairPlan::draw(shape, config, rng);
+    } = plan;
     let mut trace = PairTrace {
         flip,
         ..Default::default()
@@ -378,7 +383,7 @@ impl Drop for ThreadScratch {
 /// costs up to about six times one without), which evens out the threads' loads in small
 /// batches. No heap allocation per cube: each thread keeps one [`PairScratch`] (about
 /// 0.6 MB for the paper's cubes) from call to call, and each call makes only its work
-/// list (64 bytes per cube).
+/// list (about 1 KB per cube: each pair's first draws and its buffers).
 // The argument list is the API other crates code against: buffers, shape, config and
 // the (seed, epoch, first index) triple that makes every cube's stream.
 #[allow(clippy::too_many_arguments)]
@@ -421,7 +426,8 @@ pub fn generate_pairs(
     // Pairs differ up to about six-fold in cost (local shuffling or not), so they are
     // handed out dearest first, each to the next free thread: with few cubes per
     // thread, a dear pair started last would leave the other threads idle. A pair's
-    // cost comes from replaying its first draws; the order does not change any output.
+    // cost comes from its first draws (its plan), which the worker then continues
+    // from; the order does not change any output.
     let mut work: Vec<_> = cubes
         .chunks_exact(cube_len)
         .zip(inputs.chunks_exact_mut(cube_len))
@@ -429,8 +435,9 @@ pub fn generate_pairs(
         .enumerate()
         .map(|(i, ((cube, input), target))| {
             let index = first_cube_index + i as u64;
-            let cost = PairPlan::draw(shape, config, &mut cube_rng(seed, epoch, index)).cost(shape);
-            (cost, index, cube, input, target)
+            let mut rng = cube_rng(seed, epoch, index);
+            let plan = PairPlan::draw(shape, config, &mut rng);
+            (plan.cost(shape), index, plan, rng, cube, input, target)
         })
         .collect();
     work.sort_by_key(|&(cost, index, ..)| (std::cmp::Reverse(cost), index));
@@ -438,13 +445,13 @@ pub fn generate_pairs(
     let next = || queue.lock().unwrap_or_else(PoisonError::into_inner).next();
     let worker = || {
         let mut scratch = ThreadScratch::take(shape);
-        while let Some((_, index, cube, input, target)) = next() {
+        while let Some((_, _index, plan, mut rng, cube, input, target)) = next() {
             #[cfg(test)]
-            tests::DISPATCHED.with(|order| order.borrow_mut().push(index));
+            tests::DISPATCHED.with(|order| order.borrow_mut().push(_index));
             let cube = ArrayView3::from_shape((rows, cols, deps), cube)
                 .unwrap_or_else(|_| unreachable!("chunk length equals the cube length"));
-            let mut rng = cube_rng(seed, epoch, index);
-            pair_into_slices(cube, input, target, shape, config, &mut rng, scratch.get());
+            let scratch = scratch.get();
+            pair_into_slices(cube, input, target, shape, config, plan, &mut rng, scratch);
         }
     };
     // One worker per thread of the current pool; a worker that starts after the
@@ -470,6 +477,14 @@ mod tests {
         pub(super) static DISPATCHED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     }
 
+    /// A rayon pool of one thread, so that calls run in order on one thread.
+    fn one_thread_pool() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a one-thread pool")
+    }
+
     /// Each cube's [`PairPlan`] cost, replayed from its stream.
     fn plan_cost(config: &TransformConfig, shape: [usize; 3], epoch: u64, index: u64) -> u32 {
         PairPlan::draw(shape, config, &mut cube_rng(7, epoch, index)).cost(shape)
@@ -483,10 +498,7 @@ mod tests {
         let cubes: Vec<f32> = (0..n * len).map(|i| (i % 89) as f32 / 89.0).collect();
         let (mut inputs, mut targets) = (vec![0f32; cubes.len()], vec![0f32; cubes.len()]);
         let config = TransformConfig::paper();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("a one-thread pool");
+        let pool = one_thread_pool();
         let order = pool.install(|| {
             DISPATCHED.with(|order| order.borrow_mut().clear());
             generate_pairs(&cubes, shape, &mut inputs, &mut targets, &config, 7, 2, 50)
@@ -549,10 +561,7 @@ mod tests {
         let cubes: Vec<f32> = (0..6 * len).map(|i| (i % 97) as f32 / 97.0).collect();
         let (mut inputs, mut targets) = (vec![0f32; cubes.len()], vec![0f32; cubes.len()]);
         let config = TransformConfig::paper();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("a one-thread pool");
+        let pool = one_thread_pool();
         let made = pool.install(|| {
             let mut made = Vec::new();
             for epoch in 0..3 {
@@ -605,10 +614,7 @@ mod tests {
     #[test]
     fn a_reused_scratch_gives_the_pairs_of_a_fresh_one_across_shapes() {
         let config = TransformConfig::paper();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .expect("a one-thread pool");
+        let pool = one_thread_pool();
         // Shapes in turn on one thread, so each call inherits the previous call's scratch.
         for (round, shape) in [[16, 16, 16], [24, 20, 14], [16, 16, 16], [48, 40, 32]]
             .into_iter()
