@@ -18,6 +18,14 @@ use anyhow::{Context, Result, bail};
 /// The libtorch version that tch 0.26 (torch-sys) is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
 
+/// Disk that `torch==2.13.0` and its CUDA libraries take once installed in the venv
+/// (measured: 4.7 GB), rounded up.
+const VENV_BYTES: u64 = 5_000_000_000;
+
+/// Disk that pip's downloaded wheels hold in its temporary directory until the
+/// install ends (measured: 2.8 GB), rounded up.
+const WHEEL_BYTES: u64 = 3_000_000_000;
+
 /// Arguments of `cargo xtask setup`.
 #[derive(Debug, Default, clap::Args)]
 pub struct SetupArgs {
@@ -115,6 +123,7 @@ fn parse_version_py(text: &str) -> Option<String> {
 fn install(root: &Path, args: &SetupArgs) -> Result<()> {
     let venv = root.join(".venv");
     let venv_python = venv.join("bin").join("python");
+    check_free_space(&venv, &std::env::temp_dir())?;
     if !venv_python.exists() {
         let python = args
             .python
@@ -140,12 +149,15 @@ fn install(root: &Path, args: &SetupArgs) -> Result<()> {
         "setup: installing torch=={TORCH_VERSION} from PyPI into {} (about 4.7 GB, a minute or more)",
         venv.display()
     );
+    // `--no-cache-dir`: the wheels (2.8 GB) would otherwise stay in pip's cache as a
+    // second copy; a reinstall is rare and the disk is often the tighter resource.
     let status = Command::new(&venv_python)
         .args([
             "-m",
             "pip",
             "install",
             "--disable-pip-version-check",
+            "--no-cache-dir",
             "--progress-bar",
             "off",
         ])
@@ -168,6 +180,87 @@ fn install(root: &Path, args: &SetupArgs) -> Result<()> {
         torch_dir.display()
     );
     Ok(())
+}
+
+/// Refuses to start a download that cannot fit: the venv needs [`VENV_BYTES`] on its
+/// file system and pip's temporary wheels [`WHEEL_BYTES`] on theirs (both on one file
+/// system, usually). Where the free space cannot be read, the install just goes ahead.
+fn check_free_space(venv: &Path, temp: &Path) -> Result<()> {
+    let venv_fs = (free_space(venv), device_of(venv));
+    let temp_fs = (free_space(temp), device_of(temp));
+    let shared = venv_fs.1.is_some() && venv_fs.1 == temp_fs.1;
+    let mut shortfalls = Vec::new();
+    if shared {
+        if let Some(free) = venv_fs.0 {
+            shortfalls.extend(shortfall(venv, free, VENV_BYTES + WHEEL_BYTES));
+        }
+    } else {
+        if let Some(free) = venv_fs.0 {
+            shortfalls.extend(shortfall(venv, free, VENV_BYTES));
+        }
+        if let Some(free) = temp_fs.0 {
+            shortfalls.extend(shortfall(temp, free, WHEEL_BYTES));
+        }
+    }
+    if shortfalls.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "not enough disk to install torch=={TORCH_VERSION}: {}. The wheel and its CUDA libraries take \
+         about 4.7 GB in the venv, plus 2.8 GB of downloaded wheels in the temporary directory \
+         ($TMPDIR) while pip installs them. Free some space, point TMPDIR at a larger disk, or set \
+         LIBTORCH to an existing libtorch {TORCH_VERSION}",
+        shortfalls.join("; ")
+    )
+}
+
+fn shortfall(path: &Path, free: u64, need: u64) -> Option<String> {
+    (free < need).then(|| {
+        format!(
+            "{} has {:.1} GB free, needs {:.1} GB",
+            path.display(),
+            free as f64 / 1e9,
+            need as f64 / 1e9
+        )
+    })
+}
+
+/// The nearest existing ancestor of `path` (the venv may not exist yet).
+fn existing_ancestor(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.exists())
+}
+
+/// Bytes available to this user on the file system holding `path`.
+#[cfg(unix)]
+fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = existing_ancestor(path)?;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` only writes the struct we hand it; `c_path` is NUL-terminated
+    // and outlives the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+#[cfg(not(unix))]
+fn free_space(_path: &Path) -> Option<u64> {
+    None
+}
+
+#[cfg(unix)]
+fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Some(std::fs::metadata(existing_ancestor(path)?).ok()?.dev())
+}
+
+#[cfg(not(unix))]
+fn device_of(_path: &Path) -> Option<u64> {
+    None
 }
 
 /// Asks the venv's Python where the installed torch package lives.
@@ -247,6 +340,36 @@ mod tests {
         assert_eq!(std::fs::read_link(&link).unwrap(), a);
         link_managed(&link, &b).unwrap();
         assert_eq!(std::fs::read_link(&link).unwrap(), b);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn free_space_is_read_from_the_nearest_existing_directory() {
+        let dir = tempfile_dir("space");
+        let missing = dir.join("not/yet/a/venv");
+        let free = free_space(&missing).expect("statvfs of the temp dir");
+        assert!(free > 0);
+        assert_eq!(device_of(&missing), device_of(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_shortfall_names_the_path_and_both_sizes() {
+        assert_eq!(shortfall(Path::new("/x"), 10_000_000_000, VENV_BYTES), None);
+        let text = shortfall(Path::new("/x/.venv"), 1_200_000_000, 8_000_000_000).unwrap();
+        assert_eq!(text, "/x/.venv has 1.2 GB free, needs 8.0 GB");
+    }
+
+    #[test]
+    fn enough_space_passes_the_check() {
+        let dir = tempfile_dir("enough");
+        let free = free_space(&dir).unwrap();
+        let result = check_free_space(&dir.join(".venv"), &dir);
+        assert_eq!(
+            result.is_ok(),
+            free >= VENV_BYTES + WHEEL_BYTES,
+            "{result:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
