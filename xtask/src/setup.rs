@@ -186,22 +186,7 @@ fn install(root: &Path, args: &SetupArgs) -> Result<()> {
 /// file system and pip's temporary wheels [`WHEEL_BYTES`] on theirs (both on one file
 /// system, usually). Where the free space cannot be read, the install just goes ahead.
 fn check_free_space(venv: &Path, temp: &Path) -> Result<()> {
-    let venv_fs = (free_space(venv), device_of(venv));
-    let temp_fs = (free_space(temp), device_of(temp));
-    let shared = venv_fs.1.is_some() && venv_fs.1 == temp_fs.1;
-    let mut shortfalls = Vec::new();
-    if shared {
-        if let Some(free) = venv_fs.0 {
-            shortfalls.extend(shortfall(venv, free, VENV_BYTES + WHEEL_BYTES));
-        }
-    } else {
-        if let Some(free) = venv_fs.0 {
-            shortfalls.extend(shortfall(venv, free, VENV_BYTES));
-        }
-        if let Some(free) = temp_fs.0 {
-            shortfalls.extend(shortfall(temp, free, WHEEL_BYTES));
-        }
-    }
+    let shortfalls = space_shortfalls(FileSystem::of(venv), FileSystem::of(temp));
     if shortfalls.is_empty() {
         return Ok(());
     }
@@ -212,6 +197,39 @@ fn check_free_space(venv: &Path, temp: &Path) -> Result<()> {
          LIBTORCH to an existing libtorch {TORCH_VERSION}",
         shortfalls.join("; ")
     )
+}
+
+/// A path, the bytes free on its file system and that file system's device number,
+/// each `None` where it cannot be read.
+#[derive(Debug, Clone, Copy)]
+struct FileSystem<'a> {
+    path: &'a Path,
+    free: Option<u64>,
+    device: Option<u64>,
+}
+
+impl<'a> FileSystem<'a> {
+    fn of(path: &'a Path) -> Self {
+        Self {
+            path,
+            free: free_space(path),
+            device: device_of(path),
+        }
+    }
+}
+
+/// What is short for the venv and pip's temporary wheels, one line per file system.
+fn space_shortfalls(venv: FileSystem<'_>, temp: FileSystem<'_>) -> Vec<String> {
+    let shared = venv.device.is_some() && venv.device == temp.device;
+    let needs = if shared {
+        vec![(venv, VENV_BYTES + WHEEL_BYTES)]
+    } else {
+        vec![(venv, VENV_BYTES), (temp, WHEEL_BYTES)]
+    };
+    needs
+        .into_iter()
+        .filter_map(|(fs, need)| shortfall(fs.path, fs.free?, need))
+        .collect()
 }
 
 fn shortfall(path: &Path, free: u64, need: u64) -> Option<String> {
@@ -361,7 +379,52 @@ mod tests {
     }
 
     #[test]
-    fn enough_space_passes_the_check() {
+    fn shortfalls_add_up_on_one_file_system_and_split_on_two() {
+        let fs = |path: &'static str, free: Option<u64>, device: Option<u64>| FileSystem {
+            path: Path::new(path),
+            free,
+            device,
+        };
+        const GB: u64 = 1_000_000_000;
+        // One disk with 7 GB: enough for either part, not for both.
+        assert_eq!(
+            space_shortfalls(
+                fs("/a/.venv", Some(7 * GB), Some(1)),
+                fs("/tmp", Some(7 * GB), Some(1))
+            ),
+            ["/a/.venv has 7.0 GB free, needs 8.0 GB"]
+        );
+        assert!(
+            space_shortfalls(
+                fs("/a/.venv", Some(8 * GB), Some(1)),
+                fs("/tmp", Some(8 * GB), Some(1))
+            )
+            .is_empty()
+        );
+        // Two disks: each is held to its own part.
+        assert_eq!(
+            space_shortfalls(
+                fs("/a/.venv", Some(6 * GB), Some(1)),
+                fs("/tmp", Some(2 * GB), Some(2))
+            ),
+            ["/tmp has 2.0 GB free, needs 3.0 GB"]
+        );
+        assert_eq!(
+            space_shortfalls(
+                fs("/a/.venv", Some(4 * GB), Some(1)),
+                fs("/tmp", Some(GB), None)
+            )
+            .len(),
+            2
+        );
+        // Unknown free space never blocks the install.
+        assert!(
+            space_shortfalls(fs("/a/.venv", None, Some(1)), fs("/tmp", None, Some(1))).is_empty()
+        );
+    }
+
+    #[test]
+    fn the_check_agrees_with_the_free_space_of_this_disk() {
         let dir = tempfile_dir("enough");
         let free = free_space(&dir).unwrap();
         let result = check_free_space(&dir.join(".venv"), &dir);
