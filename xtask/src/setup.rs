@@ -209,11 +209,14 @@ struct FileSystem<'a> {
 }
 
 impl<'a> FileSystem<'a> {
+    /// Reads the file system of `path`'s nearest existing ancestor (the venv may not
+    /// exist yet).
     fn of(path: &'a Path) -> Self {
+        let dir = path.ancestors().find(|p| p.exists());
         Self {
             path,
-            free: free_space(path),
-            device: device_of(path),
+            free: dir.and_then(free_space),
+            device: dir.and_then(device_of),
         }
     }
 }
@@ -243,16 +246,10 @@ fn shortfall(path: &Path, free: u64, need: u64) -> Option<String> {
     })
 }
 
-/// The nearest existing ancestor of `path` (the venv may not exist yet).
-fn existing_ancestor(path: &Path) -> Option<&Path> {
-    path.ancestors().find(|p| p.exists())
-}
-
-/// Bytes available to this user on the file system holding `path`.
+/// Bytes available to this user on the file system holding the existing `dir`.
 #[cfg(unix)]
-fn free_space(path: &Path) -> Option<u64> {
+fn free_space(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
-    let dir = existing_ancestor(path)?;
     let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: `statvfs` only writes the struct we hand it; `c_path` is NUL-terminated
     // and outlives the call.
@@ -261,23 +258,24 @@ fn free_space(path: &Path) -> Option<u64> {
     if rc != 0 {
         return None;
     }
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
     Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 
 #[cfg(not(unix))]
-fn free_space(_path: &Path) -> Option<u64> {
+fn free_space(_dir: &Path) -> Option<u64> {
     None
 }
 
+/// The device number of the file system holding the existing `dir`.
 #[cfg(unix)]
-fn device_of(path: &Path) -> Option<u64> {
+fn device_of(dir: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    Some(std::fs::metadata(existing_ancestor(path)?).ok()?.dev())
+    Some(std::fs::metadata(dir).ok()?.dev())
 }
 
 #[cfg(not(unix))]
-fn device_of(_path: &Path) -> Option<u64> {
+fn device_of(_dir: &Path) -> Option<u64> {
     None
 }
 
@@ -365,9 +363,10 @@ mod tests {
     fn free_space_is_read_from_the_nearest_existing_directory() {
         let dir = tempfile_dir("space");
         let missing = dir.join("not/yet/a/venv");
-        let free = free_space(&missing).expect("statvfs of the temp dir");
+        let fs = FileSystem::of(&missing);
+        let free = fs.free.expect("statvfs of the temp dir");
         assert!(free > 0);
-        assert_eq!(device_of(&missing), device_of(&dir));
+        assert_eq!(fs.device, device_of(&dir));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -380,47 +379,30 @@ mod tests {
 
     #[test]
     fn shortfalls_add_up_on_one_file_system_and_split_on_two() {
-        let fs = |path: &'static str, free: Option<u64>, device: Option<u64>| FileSystem {
-            path: Path::new(path),
-            free,
-            device,
-        };
         const GB: u64 = 1_000_000_000;
+        // Shortfalls of a venv and a temporary directory with these free bytes and devices.
+        let short = |venv: (Option<u64>, Option<u64>), temp: (Option<u64>, Option<u64>)| {
+            let fs = |path: &'static str, (free, device)| FileSystem {
+                path: Path::new(path),
+                free,
+                device,
+            };
+            space_shortfalls(fs("/a/.venv", venv), fs("/tmp", temp))
+        };
         // One disk with 7 GB: enough for either part, not for both.
         assert_eq!(
-            space_shortfalls(
-                fs("/a/.venv", Some(7 * GB), Some(1)),
-                fs("/tmp", Some(7 * GB), Some(1))
-            ),
+            short((Some(7 * GB), Some(1)), (Some(7 * GB), Some(1))),
             ["/a/.venv has 7.0 GB free, needs 8.0 GB"]
         );
-        assert!(
-            space_shortfalls(
-                fs("/a/.venv", Some(8 * GB), Some(1)),
-                fs("/tmp", Some(8 * GB), Some(1))
-            )
-            .is_empty()
-        );
+        assert!(short((Some(8 * GB), Some(1)), (Some(8 * GB), Some(1))).is_empty());
         // Two disks: each is held to its own part.
         assert_eq!(
-            space_shortfalls(
-                fs("/a/.venv", Some(6 * GB), Some(1)),
-                fs("/tmp", Some(2 * GB), Some(2))
-            ),
+            short((Some(6 * GB), Some(1)), (Some(2 * GB), Some(2))),
             ["/tmp has 2.0 GB free, needs 3.0 GB"]
         );
-        assert_eq!(
-            space_shortfalls(
-                fs("/a/.venv", Some(4 * GB), Some(1)),
-                fs("/tmp", Some(GB), None)
-            )
-            .len(),
-            2
-        );
+        assert_eq!(short((Some(4 * GB), Some(1)), (Some(GB), None)).len(), 2);
         // Unknown free space never blocks the install.
-        assert!(
-            space_shortfalls(fs("/a/.venv", None, Some(1)), fs("/tmp", None, Some(1))).is_empty()
-        );
+        assert!(short((None, Some(1)), (None, Some(1))).is_empty());
     }
 
     #[test]
