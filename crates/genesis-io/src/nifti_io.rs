@@ -13,10 +13,19 @@ use crate::error::{Error, Result};
 use crate::raw::{self, Rescale};
 use crate::volume::{ElementType, Volume};
 
+/// The nifti crate's error as ours. Its I/O errors display in Debug form
+/// (`Io(Custom { kind: .. })`), so they become plain I/O errors, and a file that ends
+/// early (the reader hits end of file, in the header or the data) says so.
 fn nifti_err(path: &Path, source: nifti::NiftiError) -> Error {
-    Error::Nifti {
-        path: path.to_path_buf(),
-        source,
+    match source {
+        nifti::NiftiError::Io(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::format(path, "the file ends early: its header or data is truncated")
+        }
+        nifti::NiftiError::Io(error) => Error::io(path, error),
+        source => Error::Nifti {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 

@@ -168,7 +168,7 @@ fn malformed_inputs_are_errors_that_name_the_file() {
         (
             "garbage.nii.gz",
             b"this is not gzip".to_vec(),
-            vec!["garbage.nii.gz"],
+            vec!["garbage.nii.gz", "invalid gzip header"],
         ),
         (
             "truncated.npy",
@@ -214,6 +214,11 @@ fn malformed_inputs_are_errors_that_name_the_file() {
     for (name, bytes, needles) in cases {
         write(d, name, &bytes);
         let err = read_volume(d.join(name)).expect_err(name).to_string();
+        // No message shows an error in its Debug form.
+        assert!(
+            !err.contains("Custom {") && !err.contains("Io("),
+            "{name}: {err:?}"
+        );
         for needle in needles {
             assert!(
                 err.contains(needle),
@@ -249,10 +254,21 @@ fn truncated_nifti_and_absurd_nifti_dims_are_errors() {
     write_volume(&path, &sample_volume(genesis_io::ElementType::I16)).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(dir.path().join("cut.nii"), &bytes[..bytes.len() - 10]).unwrap();
-    let err = read_volume(dir.path().join("cut.nii"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("cut.nii"), "{err}");
+    std::fs::write(dir.path().join("cut_header.nii"), &bytes[..200]).unwrap();
+    std::fs::write(
+        dir.path().join("cut.nii.gz"),
+        &gzip(&bytes[..bytes.len() - 10]),
+    )
+    .unwrap();
+    for name in ["cut.nii", "cut_header.nii", "cut.nii.gz"] {
+        let err = read_volume(dir.path().join(name)).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+        assert!(
+            err.contains("ends early") || err.contains("incompatible"),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("Io("), "{name}: {err}");
+    }
     // dim = [3, 65535, 65535, 65535]: 2.8e14 voxels.
     let mut absurd = bytes.clone();
     for i in 0..3 {
