@@ -257,7 +257,7 @@ fn truncated_nifti_and_absurd_nifti_dims_are_errors() {
     std::fs::write(dir.path().join("cut_header.nii"), &bytes[..200]).unwrap();
     std::fs::write(
         dir.path().join("cut.nii.gz"),
-        &gzip(&bytes[..bytes.len() - 10]),
+        gzip(&bytes[..bytes.len() - 10]),
     )
     .unwrap();
     for name in ["cut.nii", "cut_header.nii", "cut.nii.gz"] {
