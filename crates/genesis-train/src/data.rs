@@ -80,7 +80,9 @@ impl StackSet {
         self.item_len
     }
 
-    /// Copies global item `index` into `out`.
+    /// Copies global item `index` into `out`. An item holding NaN or an infinite value
+    /// is an error naming its stack, item and voxel: training on it would only end in a
+    /// NaN loss, which reads like a diverged run.
     pub(crate) fn read(&self, index: usize, out: &mut [f32]) -> Result<()> {
         let k = self
             .offsets
@@ -89,7 +91,18 @@ impl StackSet {
         let stack = self.stacks.get(k).ok_or_else(|| {
             Error::Config(format!("item {index} out of range ({} items)", self.len))
         })?;
-        Ok(stack.read_item_into(index - self.offsets[k], out)?)
+        let item = index - self.offsets[k];
+        stack.read_item_into(item, out)?;
+        match first_non_finite(out, self.shape) {
+            None => Ok(()),
+            Some((value, [row, col, dep])) => Err(Error::data(
+                stack.path(),
+                format!(
+                    "item {item} has a non-finite value ({value}) at (row, col, dep) = \
+                     ({row}, {col}, {dep}); the data must hold finite values"
+                ),
+            )),
+        }
     }
 
     /// Copies items `indices` into consecutive chunks of `out`, in parallel.
@@ -98,6 +111,17 @@ impl StackSet {
             .zip(indices.par_iter())
             .try_for_each(|(chunk, &i)| self.read(i, chunk))
     }
+}
+
+/// The first NaN or infinite value of a C-order cube of `shape`, with its (row, col,
+/// dep).
+fn first_non_finite(cube: &[f32], shape: [usize; 3]) -> Option<(f32, [usize; 3])> {
+    let index = cube.iter().position(|v| !v.is_finite())?;
+    let [_, cols, deps] = shape;
+    Some((
+        cube[index],
+        [index / (cols * deps), index / deps % cols, index % deps],
+    ))
 }
 
 fn cube_shape(path: &Path, item_shape: &[usize]) -> Result<[usize; 3]> {
@@ -672,6 +696,34 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_item_with_nan_or_infinity_is_an_error_naming_stack_item_and_voxel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bat_8_s_4x5x6_0.npy");
+        let mut values = vec![0.5f32; 3 * 120];
+        values[120 + (2 * 5 + 3) * 6 + 4] = f32::NAN; // item 1, voxel (2, 3, 4)
+        values[2 * 120 + 119] = f32::INFINITY; // item 2, voxel (3, 4, 5)
+        let array =
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[3, 1, 4, 5, 6]), values).unwrap();
+        genesis_io::write_npy(&path, array.view(), genesis_io::NpyDtype::F32).unwrap();
+        let stacks = StackSet::open(std::slice::from_ref(&path)).unwrap();
+        let mut out = vec![0f32; 120];
+        stacks.read(0, &mut out).unwrap();
+        let error = stacks.read(1, &mut out).unwrap_err().to_string();
+        assert!(error.contains("bat_8_s_4x5x6_0.npy"), "{error}");
+        assert!(
+            error.contains("item 1 has a non-finite value (NaN) at (row, col, dep) = (2, 3, 4)"),
+            "{error}"
+        );
+        let error = stacks.read(2, &mut out).unwrap_err().to_string();
+        assert!(
+            error.contains("item 2 has a non-finite value (inf) at (row, col, dep) = (3, 4, 5)"),
+            "{error}"
+        );
+        let mut batch = vec![0f32; 2 * 120];
+        assert!(stacks.read_many(&[0, 1], &mut batch).is_err());
     }
 
     #[test]
