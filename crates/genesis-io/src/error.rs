@@ -5,18 +5,19 @@ use std::path::{Path, PathBuf};
 /// Everything that can go wrong while reading, writing or processing a volume.
 ///
 /// Every variant that concerns a file carries its path, and the message says
-/// what is wrong with it.
+/// what is wrong with it. A variant that wraps another error shows that error's
+/// message in its own and does not return it from `source()`, so that printing
+/// the chain (`{:#}` of anyhow) shows each message once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The operating system refused an operation on the file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a valid file of its format (bad header, wrong sizes, truncated data).
     #[error("{}: {message}", path.display())]
@@ -44,13 +45,12 @@ pub enum Error {
         path: PathBuf,
     },
     /// An error reported by the `nifti` crate.
-    #[error("{}: nifti: {source}", path.display())]
+    #[error("{}: nifti: {error}", path.display())]
     Nifti {
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: nifti::NiftiError,
+        error: nifti::NiftiError,
     },
     /// A caller passed an argument that cannot be used (a non-positive spacing, an item of the wrong length).
     #[error("invalid argument: {0}")]
@@ -61,10 +61,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 
@@ -107,4 +107,27 @@ pub(crate) fn bad<T>(message: impl Into<String>) -> Result<T, ParseError> {
 /// Shorthand for an unsupported-feature error in the header parsers.
 pub(crate) fn unsupported<T>(message: impl Into<String>) -> Result<T, ParseError> {
     Err(ParseError::Unsupported(message.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of `error` and of every error under it, as a chain printer joins them.
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut next = error.source();
+        while let Some(cause) = next {
+            text = format!("{text}: {cause}");
+            next = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_wrapped_error_is_printed_once_in_the_chain() {
+        let gone = std::io::Error::new(std::io::ErrorKind::NotFound, "no such scan");
+        let error = Error::io(Path::new("scan.mhd"), gone);
+        assert_eq!(chain(&error), "scan.mhd: no such scan");
+    }
 }

@@ -22,9 +22,9 @@ fn nifti_err(path: &Path, source: nifti::NiftiError) -> Error {
             Error::format(path, "the file ends early: its header or data is truncated")
         }
         nifti::NiftiError::Io(error) => Error::io(path, error),
-        source => Error::Nifti {
+        error => Error::Nifti {
             path: path.to_path_buf(),
-            source,
+            error,
         },
     }
 }

@@ -205,9 +205,9 @@ pub fn load_weights(
     tch::no_grad(|| -> Result<()> {
         for (target, source) in to_copy {
             let mut target = target.shallow_clone();
-            target.f_copy_(source).map_err(|source| Error::TorchFile {
+            target.f_copy_(source).map_err(|error| Error::TorchFile {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         }
         Ok(())
@@ -251,21 +251,21 @@ pub fn write_state_dict(named: &[(String, Tensor)], path: impl AsRef<Path>) -> R
 fn write_safetensors_atomic(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let file_name = path.file_name().ok_or_else(|| Error::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
     })?;
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(file_name);
     temp_name.push(format!(".{}.tmp", std::process::id()));
     let temp = path.with_file_name(temp_name);
     let result = Tensor::write_safetensors(named, &temp)
-        .map_err(|source| Error::TorchFile {
+        .map_err(|error| Error::TorchFile {
             path: path.to_path_buf(),
-            source,
+            error,
         })
         .and_then(|()| {
-            std::fs::rename(&temp, path).map_err(|source| Error::Io {
+            std::fs::rename(&temp, path).map_err(|error| Error::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             })
         });
     if result.is_err() {
@@ -281,18 +281,18 @@ fn write_safetensors_atomic(named: &[(String, Tensor)], path: &Path) -> Result<(
 /// is searched for its nested state dict; non-tensor entries are left out.
 pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
-    let data = std::fs::read(path).map_err(|source| Error::Io {
+    let data = std::fs::read(path).map_err(|error| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     // Safetensors first: its little-endian header length may start with the
     // byte 0x80 that also starts a pickle.
     if data.starts_with(b"PK\x03\x04") {
         read_zip_checkpoint(path, &data)
     } else if looks_like_safetensors(&data) {
-        Tensor::read_safetensors(path).map_err(|source| Error::TorchFile {
+        Tensor::read_safetensors(path).map_err(|error| Error::TorchFile {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     } else if data.first() == Some(&0x80) {
         read_legacy_checkpoint(path, &data)
@@ -343,9 +343,9 @@ fn checkpoint_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 fn read_zip_checkpoint(path: &Path, data: &[u8]) -> Result<Vec<(String, Tensor)>> {
-    let zip_error = |source| Error::Zip {
+    let zip_error = |error| Error::Zip {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(zip_error)?;
     // The archive's top folder is named after the file when it was saved.
@@ -366,9 +366,9 @@ fn read_zip_checkpoint(path: &Path, data: &[u8]) -> Result<Vec<(String, Tensor)>
             // The declared size comes from the file: do not trust it for an
             // allocation beyond the archive's own size.
             let mut bytes = Vec::with_capacity((entry.size() as usize).min(data.len()));
-            entry.read_to_end(&mut bytes).map_err(|source| Error::Io {
+            entry.read_to_end(&mut bytes).map_err(|error| Error::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
             Ok(bytes)
         };
@@ -561,9 +561,9 @@ fn storage_tensor(path: &Path, storage: &StorageRef, bytes: &[u8]) -> Result<Ten
         ));
     }
     let numel = (bytes.len() / element_size) as i64;
-    Tensor::f_from_data_size(bytes, &[numel], storage.kind).map_err(|source| Error::TorchFile {
+    Tensor::f_from_data_size(bytes, &[numel], storage.kind).map_err(|error| Error::TorchFile {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -645,9 +645,9 @@ fn materialise(
             .f_as_strided(tensor.size.as_slice(), tensor.stride.as_slice(), offset)
             .and_then(|view| view.f_contiguous())
             .map(|view| view.copy())
-            .map_err(|source| Error::TorchFile {
+            .map_err(|error| Error::TorchFile {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
         out.push((name, view));
     }

@@ -4,24 +4,28 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong while building a network, running it on a
 /// badly shaped input, or moving weights in and out of files.
+///
+/// A variant that wraps another error shows that error's message in its own and
+/// does not return it from `source()`, so that printing the chain (`{:#}` of
+/// anyhow) shows each message once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}", path = path.display())]
+    #[error("{path}: {error}", path = path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying failure.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The zip container of a `torch.save` checkpoint could not be read.
-    #[error("{path}: cannot read the torch.save zip archive: {source}", path = path.display())]
+    #[error("{path}: cannot read the torch.save zip archive: {error}", path = path.display())]
     Zip {
         /// The file.
         path: PathBuf,
         /// The underlying failure.
-        source: zip::result::ZipError,
+        error: zip::result::ZipError,
     },
     /// The file is neither safetensors nor a `torch.save` checkpoint.
     #[error(
@@ -97,12 +101,12 @@ pub enum Error {
         found: Vec<i64>,
     },
     /// A libtorch call on a file's content failed.
-    #[error("{path}: {source}", path = path.display())]
+    #[error("{path}: {error}", path = path.display())]
     TorchFile {
         /// The file.
         path: PathBuf,
         /// The libtorch failure.
-        source: tch::TchError,
+        error: tch::TchError,
     },
     /// A configuration value is out of range.
     #[error("invalid model config: {0}")]

@@ -3,16 +3,20 @@
 use std::path::PathBuf;
 
 /// Everything that can stop a training, evaluation or prediction run.
+///
+/// A variant that wraps another error shows that error's message in its own and does
+/// not return it from `source()` (the transparent ones pass on the inner error's), so
+/// that the binary's chain printing (`{:#}` of anyhow) shows each message once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}", path = path.display())]
+    #[error("{path}: {error}", path = path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The underlying failure.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A configuration value (from TOML or a flag) is unusable.
     #[error("invalid configuration: {0}")]
@@ -72,7 +76,7 @@ pub enum Error {
     Producer(String),
     /// A libtorch operation failed.
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
     /// Building or loading a model failed.
     #[error(transparent)]
     Model(#[from] genesis_models::Error),
@@ -95,12 +99,20 @@ pub enum Error {
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+// By hand rather than `#[from]`, which would also return the libtorch error from
+// `source()` and so print its message twice in a chain.
+impl From<tch::TchError> for Error {
+    fn from(error: tch::TchError) -> Self {
+        Error::Torch(error)
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] for `path`.
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -117,6 +129,28 @@ impl Error {
         Error::Checkpoint {
             path: path.into(),
             message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_errors_print_once_in_the_chain() {
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let own = Error::io("run/config.toml", gone());
+        // A genesis-io error passes through transparently.
+        let volume = Error::from(genesis_io::read_volume("absent.nii.gz").unwrap_err());
+        for (error, expected) in [
+            (own, "run/config.toml: no such file"),
+            (
+                volume,
+                "absent.nii.gz: No such file or directory (os error 2)",
+            ),
+        ] {
+            assert_eq!(format!("{:#}", anyhow::Error::from(error)), expected);
         }
     }
 }
