@@ -64,7 +64,9 @@ impl UNet3dConfig {
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
         check_positive("n_class", self.n_class)?;
-        check_positive("base_width", self.base_width)
+        check_positive("base_width", self.base_width)?;
+        check_at_most("n_class", self.n_class, MAX_N_CLASS)?;
+        check_at_most("base_width", self.base_width, MAX_BASE_WIDTH)
     }
 }
 
@@ -112,6 +114,8 @@ impl VNetConfig {
     pub fn validate(&self) -> Result<()> {
         check_positive("n_class", self.n_class)?;
         check_positive("base_width", self.base_width)?;
+        check_at_most("n_class", self.n_class, MAX_N_CLASS)?;
+        check_at_most("base_width", self.base_width, MAX_BASE_WIDTH)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::InvalidConfig(format!(
                 "dropout must be in [0, 1), got {}",
@@ -251,6 +255,22 @@ impl ModelConfig {
     }
 }
 
+/// Widest first level accepted: 16 times the paper's 32, already about 5 G parameters
+/// for the U-Net; wider would fail to allocate inside libtorch, which panics.
+const MAX_BASE_WIDTH: i64 = 512;
+
+/// Most output classes accepted.
+const MAX_N_CLASS: i64 = 1024;
+
+fn check_at_most(name: &str, value: i64, max: i64) -> Result<()> {
+    if value > max {
+        return Err(Error::InvalidConfig(format!(
+            "{name} must be at most {max}, got {value}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_positive(name: &str, value: i64) -> Result<()> {
     if value < 1 {
         return Err(Error::InvalidConfig(format!(
@@ -300,6 +320,19 @@ mod tests {
             ..VNetConfig::paper()
         };
         assert!(vnet.validate().is_err());
+        // Widths beyond what libtorch could allocate are refused before it panics.
+        for arch in [Arch::UNet3d, Arch::VNet] {
+            let wide = ModelConfig {
+                arch,
+                base_width: 100_000,
+                ..ModelConfig::default()
+            };
+            let message = wide.validate().unwrap_err().to_string();
+            assert!(
+                message.contains("base_width must be at most 512"),
+                "{message}"
+            );
+        }
         assert!("unet".parse::<Arch>().is_err());
         assert_eq!("vnet".parse::<Arch>().unwrap(), Arch::VNet);
     }
