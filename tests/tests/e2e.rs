@@ -166,7 +166,7 @@ fn max_abs_diff(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)]) -> f64
 
 #[test]
 fn pretrain_resume_finetune_evaluate_predict() {
-    genesis_train::configure_threads(Some(1));
+    genesis_train::configure_threads(Some(1)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cubes = dir.path().join("cubes");
     std::fs::create_dir_all(&cubes).unwrap();
@@ -368,6 +368,23 @@ fn pretrain_resume_finetune_evaluate_predict() {
         "{metrics:?}"
     );
     assert!(cls.run_dir.join("test_metrics.json").is_file());
+    // Metrics are never written over the weights they evaluate.
+    let weights = cls.run_dir.join("best.safetensors");
+    let weights_bytes = std::fs::read(&weights).unwrap();
+    let error = evaluate(&EvaluateConfig {
+        task: Task::Classification,
+        data: cls.data.clone(),
+        split: "test".into(),
+        weights: weights.clone(),
+        output: Some(weights.clone()),
+        model: cls.model,
+        device: "cpu".into(),
+        ..EvaluateConfig::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("would overwrite the input"), "{error}");
+    assert_eq!(std::fs::read(&weights).unwrap(), weights_bytes);
 
     // 6. Whole-scan prediction keeps the scan's geometry.
     let mut rng = Lcg(3);
@@ -415,6 +432,79 @@ fn pretrain_resume_finetune_evaluate_predict() {
         );
     }
     assert!(mask.data.iter().all(|&v| v == 0.0 || v == 1.0));
+
+    // 7. Bad predictions are refused before anything is written.
+    let mut nan_volume = volume.clone();
+    nan_volume.data[[3, 4, 5]] = f32::NAN;
+    let nan_scan = dir.path().join("nan_scan.nii.gz");
+    genesis_io::write_volume(&nan_scan, &nan_volume).unwrap();
+    let scan_bytes = std::fs::read(&scan_path).unwrap();
+    let predict_error = |input: &std::path::Path, output: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "genesis-train",
+            "predict",
+            "--weights",
+            seg_weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        if !extra.contains(&"--patch") {
+            args.extend(["--patch", "16,16,16"]);
+        }
+        args.extend_from_slice(extra);
+        genesis_train::run(Cli::try_parse_from(args).unwrap())
+            .unwrap_err()
+            .to_string()
+    };
+    let fresh = dir.path().join("fresh.nii.gz");
+    for (input, output, extra, expected) in [
+        (&scan_path, &scan_path, &[][..], "would overwrite the input"),
+        (
+            &scan_path,
+            &seg_weights,
+            &[][..],
+            "would overwrite the input",
+        ),
+        (
+            &nan_scan,
+            &fresh,
+            &[][..],
+            "voxel (x, y, z) = (3, 4, 5) is NaN",
+        ),
+        (
+            &scan_path,
+            &fresh,
+            &["--threshold", "NaN"][..],
+            "threshold must be in [0, 1]",
+        ),
+        (
+            &scan_path,
+            &fresh,
+            &["--threads", "0"][..],
+            "threads must be at least 1",
+        ),
+        (
+            &scan_path,
+            &fresh,
+            &["--threads", "100000"][..],
+            "threads must be at most 1024",
+        ),
+    ] {
+        let error = predict_error(input, output, extra);
+        assert!(error.contains(expected), "{extra:?}: {error}");
+    }
+    let error = predict_error(&scan_path, &fresh, &["--patch", "1024,1024,1024"]);
+    assert!(error.contains("patch sides must be at most 512"), "{error}");
+    assert!(!fresh.exists());
+    assert_eq!(
+        std::fs::read(&scan_path).unwrap(),
+        scan_bytes,
+        "the scan is intact"
+    );
 }
 
 #[test]

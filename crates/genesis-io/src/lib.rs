@@ -53,7 +53,7 @@ mod resample;
 mod volume;
 mod window;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
 pub use npy::{NpyDtype, NpyStack, NpyStackWriter, read_npy, write_npy};
@@ -145,6 +145,35 @@ fn read_volume_impl(path: &Path, window: Option<HuWindow>) -> Result<Volume> {
             path: path.to_path_buf(),
         }),
     }
+}
+
+/// The files of the volume at `path`: `path` itself; the separate data file its
+/// header names, if it has one (`.mhd`, `.nhdr`, or `.nrrd` with a `data file` field);
+/// and, for `.mhd` and `.nhdr`, the `<stem>.raw` that [`write_volume`] writes.
+///
+/// For a tool to refuse writing its output over one of its inputs: compare the files
+/// of the output path with those of each input. A header that cannot be read adds no
+/// data file.
+pub fn volume_files(path: impl AsRef<Path>) -> Vec<PathBuf> {
+    let path = path.as_ref();
+    let mut files = vec![path.to_path_buf()];
+    let format = Format::from_path(path);
+    let named = match format {
+        Some(Format::MetaImageDetached | Format::MetaImageAttached) => {
+            metaimage::named_data_file(path)
+        }
+        Some(Format::NrrdAttached | Format::NrrdDetached) => nrrd::named_data_file(path),
+        _ => None,
+    };
+    files.extend(named);
+    if matches!(
+        format,
+        Some(Format::MetaImageDetached | Format::NrrdDetached)
+    ) {
+        files.push(path.with_extension("raw"));
+    }
+    files.dedup();
+    files
 }
 
 /// Writes a volume as `volume.element_type`, atomically (temporary file in the same directory, then rename).

@@ -262,6 +262,21 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<MetaHeader, ParseError> {
     })
 }
 
+/// The data file the header at `path` names, when it is a separate file; `None`
+/// when the data is attached or the header cannot be read.
+pub(crate) fn named_data_file(path: &Path) -> Option<PathBuf> {
+    let mut prefix = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(MAX_HEADER_BYTES as u64)
+        .read_to_end(&mut prefix)
+        .ok()?;
+    match parse_header(&prefix).ok()?.data_file {
+        DataFile::Local => None,
+        DataFile::Detached(name) => Some(path.parent().unwrap_or(Path::new("")).join(name)),
+    }
+}
+
 /// Reads a `.mhd` or `.mha` file.
 pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volume> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;

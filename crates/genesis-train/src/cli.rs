@@ -295,8 +295,10 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     }))
 }
 
-/// Sets libtorch's and rayon's thread counts (rayon's only once per process).
-pub fn configure_threads(threads: Option<usize>) {
+/// Sets libtorch's and rayon's thread counts (rayon's only once per process), after
+/// checking that `threads` is between 1 and 1,024.
+pub fn configure_threads(threads: Option<usize>) -> Result<()> {
+    crate::config::check_threads(threads)?;
     if let Some(n) = threads {
         tch::set_num_threads(n as i32);
         // Fails if the global pool exists already (a second run in one process): keep it.
@@ -304,6 +306,7 @@ pub fn configure_threads(threads: Option<usize>) {
             .num_threads(n)
             .build_global();
     }
+    Ok(())
 }
 
 fn apply_sets<T: serde::Serialize + serde::de::DeserializeOwned>(
@@ -482,20 +485,20 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Pretrain(args) => {
             let (config, mut options) = resolve_pretrain(&args)?;
-            configure_threads(config.threads);
+            configure_threads(config.threads)?;
             options.control.stop = interrupt_flag();
             let summary = pretrain(&config, &options)?;
             report_summary(&summary);
         }
         Command::Finetune(args) => {
             let (config, mut options) = resolve_finetune(&args)?;
-            configure_threads(config.threads);
+            configure_threads(config.threads)?;
             options.control.stop = interrupt_flag();
             let summary = finetune(&config, &options)?;
             report_summary(&summary);
         }
         Command::Evaluate(args) => {
-            configure_threads(args.threads);
+            configure_threads(args.threads)?;
             let defaults = EvaluateConfig::default();
             let cube_shape = match &args.cube_shape {
                 Some(shape) => parse_cube_shape(shape)?,
@@ -530,7 +533,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{json}");
         }
         Command::Predict(args) => {
-            configure_threads(args.threads);
+            configure_threads(args.threads)?;
             let config = PredictConfig {
                 model: model_for(&args.weights, args.arch, args.base_width)?,
                 patch: parse_patch(&args.patch)?,

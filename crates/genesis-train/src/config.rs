@@ -229,7 +229,13 @@ impl PretrainConfig {
 
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
-        common_checks(self.batch_size, self.epochs, self.queue_depth, self.threads)?;
+        common_checks(
+            self.batch_size,
+            self.epochs,
+            self.patience,
+            self.queue_depth,
+            self.threads,
+        )?;
         if self.train_folds.is_empty() || self.valid_folds.is_empty() {
             return Err(Error::Config(
                 "train_folds and valid_folds must not be empty".into(),
@@ -547,13 +553,14 @@ impl FinetuneConfig {
 
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
-        common_checks(self.batch_size, self.epochs, self.queue_depth, self.threads)?;
-        if !(0.0..=1.0).contains(&self.threshold) {
-            return Err(Error::Config(format!(
-                "threshold must be in [0, 1], got {}",
-                self.threshold
-            )));
-        }
+        common_checks(
+            self.batch_size,
+            self.epochs,
+            self.patience,
+            self.queue_depth,
+            self.threads,
+        )?;
+        check_threshold(self.threshold)?;
         if self.model.n_class != 1 {
             return Err(Error::Config(format!(
                 "model.n_class must be 1 (binary tasks), got {}",
@@ -566,9 +573,36 @@ impl FinetuneConfig {
     }
 }
 
+/// The most threads a run may ask for: more than any machine has cores, few enough
+/// that starting them cannot exhaust the system's thread limit.
+pub(crate) const MAX_THREADS: usize = 1024;
+
+/// `threads`, when given, must be in `1..=MAX_THREADS`.
+pub(crate) fn check_threads(threads: Option<usize>) -> Result<()> {
+    match threads {
+        Some(0) => Err(Error::Config("threads must be at least 1".into())),
+        Some(n) if n > MAX_THREADS => Err(Error::Config(format!(
+            "threads must be at most {MAX_THREADS}, got {n}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A probability threshold must lie in [0, 1] (NaN does not).
+pub(crate) fn check_threshold(threshold: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&threshold) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "threshold must be in [0, 1], got {threshold}"
+        )))
+    }
+}
+
 fn common_checks(
     batch_size: usize,
     epochs: usize,
+    patience: usize,
     queue_depth: usize,
     threads: Option<usize>,
 ) -> Result<()> {
@@ -581,10 +615,12 @@ fn common_checks(
     if queue_depth == 0 {
         return Err(Error::Config("queue_depth must be at least 1".into()));
     }
-    if threads == Some(0) {
-        return Err(Error::Config("threads must be at least 1".into()));
+    if patience == 0 {
+        return Err(Error::Config(
+            "patience must be at least 1 (epochs without improvement before stopping)".into(),
+        ));
     }
-    Ok(())
+    check_threads(threads)
 }
 
 /// Parses a fold list such as `0-4`, `5,6` or `0-2,7`.
@@ -713,6 +749,40 @@ mod tests {
             ..o
         };
         assert_eq!(explicit.lr_at(3, 50), 0.5);
+    }
+
+    #[test]
+    fn thread_counts_and_patience_are_bounded() {
+        let mut c = PretrainConfig::paper();
+        for (threads, expected) in [
+            (Some(0), Some("threads must be at least 1")),
+            (Some(1), None),
+            (Some(MAX_THREADS), None),
+            (Some(MAX_THREADS + 1), Some("threads must be at most 1024")),
+        ] {
+            c.threads = threads;
+            match (c.validate(), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(text)) => assert!(e.to_string().contains(text), "{e}"),
+                (result, _) => panic!("{threads:?}: {result:?}"),
+            }
+        }
+        c.threads = None;
+        c.patience = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("patience must be at least 1")
+        );
+        let mut f = FinetuneConfig::paper();
+        f.threshold = f64::NAN;
+        assert!(
+            f.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("threshold must be in [0, 1]")
+        );
     }
 
     #[test]

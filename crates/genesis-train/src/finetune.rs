@@ -212,6 +212,28 @@ pub fn evaluate(config: &EvaluateConfig) -> Result<EvaluationMetrics> {
     if config.batch_size == 0 {
         return Err(Error::Config("batch_size must be at least 1".into()));
     }
+    crate::config::check_threshold(config.threshold)?;
+    let output = config.output.clone().unwrap_or_else(|| {
+        config
+            .weights
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("{}_metrics.json", config.split))
+    });
+    crate::predict::check_not_overwriting(
+        &output,
+        std::slice::from_ref(&output),
+        std::slice::from_ref(&config.weights),
+    )?;
+    if let (Ok(output_file), Ok(data_dir)) = (output.canonicalize(), config.data.canonicalize())
+        && output_file.starts_with(&data_dir)
+    {
+        return Err(Error::Config(format!(
+            "{} would overwrite a file of the data directory {}; choose another output path",
+            output.display(),
+            config.data.display()
+        )));
+    }
     let device = genesis_models::parse_device(&config.device)?;
     let classification = config.task == Task::Classification;
     check_configured_cube_shape(config.cube_shape, &config.model)?;
@@ -290,13 +312,6 @@ pub fn evaluate(config: &EvaluateConfig) -> Result<EvaluationMetrics> {
         accuracy,
         weights: config.weights.clone(),
     };
-    let output = config.output.clone().unwrap_or_else(|| {
-        config
-            .weights
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(format!("{}_metrics.json", config.split))
-    });
     let json = serde_json::to_string_pretty(&metrics)
         .map_err(|e| Error::Config(format!("cannot serialise metrics: {e}")))?;
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {

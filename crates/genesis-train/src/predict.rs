@@ -1,7 +1,7 @@
 //! Whole-volume segmentation by sliding-window inference over overlapping
 //! patches, written with the input's geometry.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use genesis_io::{ElementType, HuWindow, Volume, read_volume, write_volume};
 use genesis_models::{InitScope, ModelConfig, SegmentationModel, load_weights};
@@ -51,6 +51,35 @@ impl Default for PredictConfig {
     }
 }
 
+/// Largest patch side [`predict`] accepts: well above any network input used in
+/// practice (the paper's is 64), small enough that one patch fits in memory.
+const MAX_PATCH_SIDE: usize = 512;
+
+/// Refuses to write `output` (the files `written`) when one of them is the same file
+/// as one of `inputs`: a mask or metrics written over a scan or the weights would
+/// destroy them.
+pub(crate) fn check_not_overwriting(
+    output: &Path,
+    written: &[PathBuf],
+    inputs: &[PathBuf],
+) -> Result<()> {
+    for file in written {
+        let Ok(file) = std::fs::canonicalize(file) else {
+            continue; // nothing there yet to overwrite
+        };
+        for input in inputs {
+            if std::fs::canonicalize(input).is_ok_and(|input_file| input_file == file) {
+                return Err(Error::Config(format!(
+                    "writing {} would overwrite the input {}; choose another output path",
+                    output.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What [`predict`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictSummary {
@@ -70,7 +99,18 @@ pub fn predict(config: &PredictConfig) -> Result<PredictSummary> {
             config.overlap
         )));
     }
+    crate::config::check_threshold(config.threshold)?;
     check_cube_shape(config.patch, config.model.spatial_multiple())?;
+    if let Some(&side) = config.patch.iter().find(|&&side| side > MAX_PATCH_SIDE) {
+        return Err(Error::Config(format!(
+            "patch sides must be at most {MAX_PATCH_SIDE}, got {side} (scans smaller than \
+             the patch are padded, so a patch never needs to exceed the network's input size)"
+        )));
+    }
+    let mut inputs = genesis_io::volume_files(&config.input);
+    inputs.push(config.weights.clone());
+    let written = genesis_io::volume_files(&config.output);
+    check_not_overwriting(&config.output, &written, &inputs)?;
     let device = genesis_models::parse_device(&config.device)?;
     let mut vs = nn::VarStore::new(device);
     // Seeded only to keep concurrent runs' draws apart: the weights are loaded next.
@@ -79,6 +119,7 @@ pub fn predict(config: &PredictConfig) -> Result<PredictSummary> {
 
     let volume = read_volume(&config.input)?;
     let shape = volume.shape();
+    crate::volumes::check_finite(&config.input, &volume)?;
     let mut values: Vec<f32> = volume.data.iter().copied().collect();
     if config.hu_window {
         HuWindow::CT.normalize_in_place(&mut values);

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use genesis_io::{Format, HuWindow, Volume, read_volume, read_volume_normalized};
+use genesis_io::{Format, HuWindow, Volume, read_volume};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -277,12 +277,35 @@ fn standard_values(volume: &Volume) -> Cow<'_, [f32]> {
     }
 }
 
-/// Reads the image of a case and maps it to [0, 1].
+/// Refuses a volume read from `path` that holds NaN or an infinite value, naming the
+/// first such voxel: a network fed one gives NaN everywhere its patches reach.
+pub(crate) fn check_finite(path: &Path, volume: &Volume) -> Result<()> {
+    let Some(index) = volume.data.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let [_, ny, nz] = volume.shape();
+    let (x, y, z) = (index / (ny * nz), index / nz % ny, index % nz);
+    Err(Error::data(
+        path,
+        format!(
+            "voxel (x, y, z) = ({x}, {y}, {z}) is {}; the volume must hold finite values",
+            volume.data[[x, y, z]]
+        ),
+    ))
+}
+
+/// Reads the image of a case and maps it to [0, 1]. The values are checked before
+/// the window, which would map NaN to 0 (so not with the fused
+/// `read_volume_normalized`: each case is read once, when the task opens).
 fn read_image(path: &Path, window: Option<HuWindow>) -> Result<Volume> {
+    let mut volume = read_volume(path)?;
+    check_finite(path, &volume)?;
     match window {
-        Some(window) => Ok(read_volume_normalized(path, window)?),
+        Some(window) => {
+            volume.normalize(window);
+            Ok(volume)
+        }
         None => {
-            let volume = read_volume(path)?;
             if let Some(bad) = volume.data.iter().find(|v| !(0.0..=1.0).contains(*v)) {
                 return Err(Error::data(
                     path,
@@ -710,6 +733,22 @@ mod tests {
             err.contains("images/a.nii.gz") && err.contains("[0, 1]"),
             "{err}"
         );
+
+        // An image with a NaN voxel, windowed or not.
+        let mut image = genesis_io::read_volume(images.join("a.nii.gz")).unwrap();
+        image.data[[5, 6, 7]] = f32::NAN;
+        image.element_type = genesis_io::ElementType::F32; // integers cannot hold NaN
+        write_volume(images.join("a.nii.gz"), &image).unwrap();
+        for window in [tiling(), none] {
+            let Err(err) = TaskSource::open(&data, "train", false, &window) else {
+                panic!("an image with NaN was accepted");
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains("images/a.nii.gz") && err.contains("(x, y, z) = (5, 6, 7) is NaN"),
+                "{err}"
+            );
+        }
 
         // No stacks and no folders.
         let err = TaskSource::open(&data, "valid", false, &tiling())

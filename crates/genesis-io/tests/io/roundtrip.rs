@@ -216,3 +216,39 @@ fn npy_stack_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<NpyStack>();
 }
+
+#[test]
+fn volume_files_lists_headers_named_data_files_and_the_raw_a_write_makes() {
+    use genesis_io::volume_files;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A detached MetaImage whose data file is not named after it.
+    std::fs::write(
+        d.join("in.mhd"),
+        "NDims = 3\nDimSize = 2 2 2\nElementType = MET_SHORT\nElementDataFile = scan.raw\n",
+    )
+    .unwrap();
+    assert_eq!(
+        volume_files(d.join("in.mhd")),
+        [d.join("in.mhd"), d.join("scan.raw"), d.join("in.raw")]
+    );
+    // Paths that do not exist yet: what write_volume would write.
+    assert_eq!(
+        volume_files(d.join("out.nhdr")),
+        [d.join("out.nhdr"), d.join("out.raw")]
+    );
+    assert_eq!(volume_files(d.join("out.nii.gz")), [d.join("out.nii.gz")]);
+    // An attached MetaImage, as write_volume writes it: one file.
+    write_volume(
+        d.join("a.mha"),
+        &sample_volume(genesis_io::ElementType::I16),
+    )
+    .unwrap();
+    assert_eq!(volume_files(d.join("a.mha")), [d.join("a.mha")]);
+    // A header that cannot be read names no data file.
+    std::fs::write(d.join("bad.mhd"), "not a header").unwrap();
+    assert_eq!(
+        volume_files(d.join("bad.mhd")),
+        [d.join("bad.mhd"), d.join("bad.raw")]
+    );
+}
