@@ -104,8 +104,27 @@ pub struct PrepareDataArgs {
     pub figure: Option<PathBuf>,
 }
 
+/// The most threads `--threads` may ask for: more than any machine has cores, few
+/// enough that starting them cannot exhaust the system's thread limit.
+const MAX_THREADS: usize = 1024;
+
 /// Runs `cargo xtask prepare-data`.
 pub fn run(args: &PrepareDataArgs) -> Result<()> {
+    if args.threads > MAX_THREADS {
+        bail!(
+            "--threads must be at most {MAX_THREADS} (0: all cores), got {}",
+            args.threads
+        );
+    }
+    if args.scale == 0 {
+        bail!("--scale (cubes per scan) must be at least 1");
+    }
+    if args.synthetic && args.scans == 0 {
+        bail!("--scans (phantom scans) must be at least 1");
+    }
+    if args.task.is_some() && args.per_nodule == 0 {
+        bail!("--per-nodule must be at least 1");
+    }
     if args.threads > 0 {
         // Only the first call in a process can set the global pool; later ones keep it.
         let _ = rayon::ThreadPoolBuilder::new()
@@ -166,7 +185,7 @@ pub fn run(args: &PrepareDataArgs) -> Result<()> {
         let options = tasks::TaskOptions {
             kind: task,
             seed: args.seed,
-            per_nodule: args.per_nodule.max(1),
+            per_nodule: args.per_nodule,
             neg_ratio: args.neg_ratio,
             cube: args.cube,
         };

@@ -97,6 +97,8 @@ impl ExtractConfig {
             ("input_rows", self.input_rows),
             ("input_cols", self.input_cols),
             ("input_deps", self.input_deps),
+            ("scale", self.scale),
+            ("max_draws_factor", self.max_draws_factor),
         ] {
             if value == 0 {
                 return invalid(field, "must be at least 1");

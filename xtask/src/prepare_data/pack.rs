@@ -335,6 +335,19 @@ fn pack_subset(
         }
     }
     let n = writer.len();
+    if n == 0 {
+        // Dropping the writer removes its temporary file: a stack packed earlier stays.
+        let [rows, cols, deps] = item_shape;
+        bail!(
+            "subset{subset}: none of its {} scans gave a {rows}x{cols}x{deps} cube: each \
+             scan must exceed the cube by the borders ({} voxels in x and y, {} in z) and \
+             hold windows that are mostly lung; nothing was written to {}",
+            scans.len(),
+            c.border,
+            c.border_z,
+            stack_path.display()
+        );
+    }
     writer
         .finish()
         .with_context(|| format!("cannot finish {}", stack_path.display()))?;
@@ -512,6 +525,26 @@ mod tests {
                 .unwrap();
         assert_eq!(manifest.subsets[&0].sha256, hash);
         assert_eq!(manifest.subsets[&0].scans.len(), 1);
+
+        // Settings that let no window through are an error, and the stack packed
+        // before stays as it was.
+        let strict = PackOptions {
+            extract: ExtractConfig {
+                lung_max: -1.0,
+                ..options.extract
+            },
+            subsets: Some(vec![0]),
+            ..options.clone()
+        };
+        let err = format!("{:#}", pack(&data, &out, &strict).unwrap_err());
+        assert!(
+            err.contains("subset0: none of its 1 scans gave a 64x64x32 cube"),
+            "{err}"
+        );
+        assert_eq!(
+            sha256_file(&out.join("bat_4_s_64x64x32_0.npy")).unwrap(),
+            hash
+        );
 
         let f64_options = PackOptions {
             dtype: StackDtype::F64,
