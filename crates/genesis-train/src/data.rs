@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use genesis_io::NpyStack;
+use genesis_io::{NpyDtype, NpyStack};
 use genesis_transforms::TransformConfig;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -23,9 +23,31 @@ use crate::{Error, Result};
 /// yet are the same at every epoch.
 pub(crate) const VALID_SEED_OFFSET: u64 = 0x5EED_0F7A_1D00;
 
+/// What a [`StackSet`] holds, which decides the values it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StackKind {
+    /// Pretraining cubes: float values in [0, 1], which the transforms assume.
+    Cubes,
+    /// Task images: float values (already normalised, not necessarily to [0, 1]).
+    Images,
+    /// Segmentation masks: values in [0, 1], of any element type.
+    Masks,
+}
+
+impl StackKind {
+    fn name(self) -> &'static str {
+        match self {
+            StackKind::Cubes => "pretraining cubes",
+            StackKind::Images => "task images",
+            StackKind::Masks => "segmentation masks",
+        }
+    }
+}
+
 /// Several stacks of equally shaped items seen as one indexed collection.
 #[derive(Debug)]
 pub(crate) struct StackSet {
+    kind: StackKind,
     stacks: Vec<NpyStack>,
     /// `offsets[k]` is the global index of the first item of `stacks[k]`.
     offsets: Vec<usize>,
@@ -36,14 +58,28 @@ pub(crate) struct StackSet {
 
 impl StackSet {
     /// Opens `paths`; every item must have the same shape, 3-D (`rows, cols,
-    /// deps`) or 4-D with a leading channel of 1.
-    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self> {
+    /// deps`) or 4-D with a leading channel of 1. Cubes and images must be stored as
+    /// floats: an integer stack (CT in HU, 8-bit pictures) would reach the network
+    /// unscaled.
+    pub(crate) fn open(paths: &[PathBuf], kind: StackKind) -> Result<Self> {
         let mut stacks = Vec::with_capacity(paths.len());
         let mut offsets = Vec::with_capacity(paths.len());
         let mut len = 0;
         let mut shape: Option<[usize; 3]> = None;
         for path in paths {
             let stack = NpyStack::open(path)?;
+            let float = matches!(stack.dtype(), NpyDtype::F32 | NpyDtype::F64);
+            if kind != StackKind::Masks && !float {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "values are {:?}; {} must be float32 or float64 scaled to [0, 1] \
+                         (for CT in HU: clip to [-1000, 1000], then (HU + 1000) / 2000)",
+                        stack.dtype(),
+                        kind.name()
+                    ),
+                ));
+            }
             let this = cube_shape(path, stack.item_shape())?;
             match shape {
                 Some(s) if s != this => {
@@ -60,6 +96,7 @@ impl StackSet {
         }
         let shape = shape.ok_or_else(|| Error::Config("no stack files given".into()))?;
         Ok(Self {
+            kind,
             stacks,
             offsets,
             len,
@@ -80,9 +117,10 @@ impl StackSet {
         self.item_len
     }
 
-    /// Copies global item `index` into `out`. An item holding NaN or an infinite value
-    /// is an error naming its stack, item and voxel: training on it would only end in a
-    /// NaN loss, which reads like a diverged run.
+    /// Copies global item `index` into `out`. An item holding NaN or an infinite value,
+    /// or for cubes and masks a value outside [0, 1], is an error naming its stack, item
+    /// and voxel: training on NaN ends in a NaN loss, which reads like a diverged run,
+    /// and a mask outside [0, 1] makes the Dice loss negative.
     pub(crate) fn read(&self, index: usize, out: &mut [f32]) -> Result<()> {
         let k = self
             .offsets
@@ -93,16 +131,31 @@ impl StackSet {
         })?;
         let item = index - self.offsets[k];
         stack.read_item_into(item, out)?;
-        match first_non_finite(out, self.shape) {
-            None => Ok(()),
-            Some((value, [row, col, dep])) => Err(Error::data(
-                stack.path(),
-                format!(
-                    "item {item} has a non-finite value ({value}) at (row, col, dep) = \
-                     ({row}, {col}, {dep}); the data must hold finite values"
-                ),
-            )),
-        }
+        let unit = self.kind != StackKind::Images;
+        let bad = |v: &f32| !v.is_finite() || (unit && !(0.0..=1.0).contains(v));
+        let Some(index) = out.iter().position(bad) else {
+            return Ok(());
+        };
+        let value = out[index];
+        let [_, cols, deps] = self.shape;
+        let (row, col, dep) = (index / (cols * deps), index / deps % cols, index % deps);
+        let problem = if value.is_finite() {
+            format!("{} must lie in [0, 1]", self.kind.name())
+        } else {
+            "the data must hold finite values".to_string()
+        };
+        Err(Error::data(
+            stack.path(),
+            format!(
+                "item {item} has {} value ({value}) at (row, col, dep) = ({row}, {col}, {dep}); \
+                 {problem}",
+                if value.is_finite() {
+                    "an out-of-range"
+                } else {
+                    "a non-finite"
+                }
+            ),
+        ))
     }
 
     /// Copies items `indices` into consecutive chunks of `out`, in parallel.
@@ -111,17 +164,6 @@ impl StackSet {
             .zip(indices.par_iter())
             .try_for_each(|(chunk, &i)| self.read(i, chunk))
     }
-}
-
-/// The first NaN or infinite value of a C-order cube of `shape`, with its (row, col,
-/// dep).
-fn first_non_finite(cube: &[f32], shape: [usize; 3]) -> Option<(f32, [usize; 3])> {
-    let index = cube.iter().position(|v| !v.is_finite())?;
-    let [_, cols, deps] = shape;
-    Some((
-        cube[index],
-        [index / (cols * deps), index / deps % cols, index % deps],
-    ))
 }
 
 fn cube_shape(path: &Path, item_shape: &[usize]) -> Result<[usize; 3]> {
@@ -469,7 +511,7 @@ impl TaskSource {
                 });
             }
         };
-        let images = StackSet::open(std::slice::from_ref(&x))?;
+        let images = StackSet::open(std::slice::from_ref(&x), StackKind::Images)?;
         let targets = if classification {
             let y = match find_split_file(dir, "y", split, "npy")? {
                 Some(p) => p,
@@ -494,7 +536,7 @@ impl TaskSource {
             let m = find_split_file(dir, "m", split, "npy")?.ok_or_else(|| {
                 Error::data(dir, format!("no m_{split}_<rows>x<cols>x<deps>.npy"))
             })?;
-            let masks = StackSet::open(std::slice::from_ref(&m))?;
+            let masks = StackSet::open(std::slice::from_ref(&m), StackKind::Masks)?;
             if masks.len() != images.len() || masks.shape() != images.shape() {
                 return Err(Error::data(
                     &m,
@@ -708,7 +750,7 @@ mod tests {
         let array =
             ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[3, 1, 4, 5, 6]), values).unwrap();
         genesis_io::write_npy(&path, array.view(), genesis_io::NpyDtype::F32).unwrap();
-        let stacks = StackSet::open(std::slice::from_ref(&path)).unwrap();
+        let stacks = StackSet::open(std::slice::from_ref(&path), StackKind::Cubes).unwrap();
         let mut out = vec![0f32; 120];
         stacks.read(0, &mut out).unwrap();
         let error = stacks.read(1, &mut out).unwrap_err().to_string();
@@ -724,6 +766,53 @@ mod tests {
         );
         let mut batch = vec![0f32; 2 * 120];
         assert!(stacks.read_many(&[0, 1], &mut batch).is_err());
+    }
+
+    #[test]
+    fn cubes_and_masks_must_lie_in_the_unit_range_and_cubes_and_images_be_floats() {
+        let dir = tempfile::tempdir().unwrap();
+        let save = |name: &str, values: Vec<f32>, dtype| {
+            let path = dir.path().join(name);
+            let array =
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 4, 5, 6]), values).unwrap();
+            genesis_io::write_npy(&path, array.view(), dtype).unwrap();
+            path
+        };
+        let mut values = vec![0.25f32; 240];
+        values[120 + 7] = 7.0; // item 1, voxel (0, 1, 1)
+        let f32_path = save("x_train_4x5x6.npy", values, genesis_io::NpyDtype::F32);
+        let mut out = vec![0f32; 120];
+        for kind in [StackKind::Cubes, StackKind::Masks] {
+            let stacks = StackSet::open(std::slice::from_ref(&f32_path), kind).unwrap();
+            stacks.read(0, &mut out).unwrap();
+            let error = stacks.read(1, &mut out).unwrap_err().to_string();
+            assert!(
+                error.contains(
+                    "item 1 has an out-of-range value (7) at (row, col, dep) = (0, 1, 1)"
+                ) && error.contains(&format!("{} must lie in [0, 1]", kind.name())),
+                "{error}"
+            );
+        }
+        // Task images may be normalised otherwise (z-scores of MRI).
+        let images = StackSet::open(std::slice::from_ref(&f32_path), StackKind::Images).unwrap();
+        images.read(1, &mut out).unwrap();
+        // Integer stacks: masks yes, cubes and images no.
+        let u8_path = save(
+            "m_train_4x5x6.npy",
+            vec![1.0; 240],
+            genesis_io::NpyDtype::U8,
+        );
+        StackSet::open(std::slice::from_ref(&u8_path), StackKind::Masks).unwrap();
+        for kind in [StackKind::Cubes, StackKind::Images] {
+            let error = StackSet::open(std::slice::from_ref(&u8_path), kind)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("m_train_4x5x6.npy: values are U8")
+                    && error.contains("float32 or float64"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

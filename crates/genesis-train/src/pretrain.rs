@@ -7,7 +7,9 @@ use genesis_models::SegmentationModel;
 use tch::nn;
 
 use crate::config::{PretrainConfig, to_toml};
-use crate::data::{EpochPlan, RestorationSource, StackSet, VALID_SEED_OFFSET, pretrain_stacks};
+use crate::data::{
+    EpochPlan, RestorationSource, StackKind, StackSet, VALID_SEED_OFFSET, pretrain_stacks,
+};
 use crate::engine::{
     LoopSpec, Net, Objective, RunOptions, RunSummary, run_loop, save_config, seeded,
 };
@@ -25,18 +27,19 @@ pub fn pretrain(config: &PretrainConfig, options: &RunOptions) -> Result<RunSumm
         )));
     }
     let device = genesis_models::parse_device(&config.device)?;
-    let train_cubes = StackSet::open(&pretrain_stacks(
-        &config.data,
-        config.scale,
-        &config.train_folds,
-        "training",
-    )?)?;
-    let valid_cubes = StackSet::open(&pretrain_stacks(
-        &config.data,
-        config.scale,
-        &config.valid_folds,
-        "validation",
-    )?)?;
+    let train_cubes = StackSet::open(
+        &pretrain_stacks(&config.data, config.scale, &config.train_folds, "training")?,
+        StackKind::Cubes,
+    )?;
+    let valid_cubes = StackSet::open(
+        &pretrain_stacks(
+            &config.data,
+            config.scale,
+            &config.valid_folds,
+            "validation",
+        )?,
+        StackKind::Cubes,
+    )?;
     let shape = train_cubes.shape();
     if valid_cubes.shape() != shape {
         return Err(Error::data(
