@@ -70,11 +70,15 @@ impl StackSet {
             let stack = NpyStack::open(path)?;
             let float = matches!(stack.dtype(), NpyDtype::F32 | NpyDtype::F64);
             if kind != StackKind::Masks && !float {
+                let scaled = match kind {
+                    StackKind::Cubes => "scaled to [0, 1]",
+                    _ => "already normalised",
+                };
                 return Err(Error::data(
                     path,
                     format!(
-                        "values are {:?}; {} must be float32 or float64 scaled to [0, 1] \
-                         (for CT in HU: clip to [-1000, 1000], then (HU + 1000) / 2000)",
+                        "values are {:?}; {} must be float32 or float64 {scaled} (for CT in \
+                         HU: clip to [-1000, 1000], then (HU + 1000) / 2000)",
                         stack.dtype(),
                         kind.name()
                     ),
@@ -133,27 +137,28 @@ impl StackSet {
         stack.read_item_into(item, out)?;
         let unit = self.kind != StackKind::Images;
         let bad = |v: &f32| !v.is_finite() || (unit && !(0.0..=1.0).contains(v));
-        let Some(index) = out.iter().position(bad) else {
+        let Some(voxel) = out.iter().position(bad) else {
             return Ok(());
         };
-        let value = out[index];
+        let value = out[voxel];
         let [_, cols, deps] = self.shape;
-        let (row, col, dep) = (index / (cols * deps), index / deps % cols, index % deps);
-        let problem = if value.is_finite() {
-            format!("{} must lie in [0, 1]", self.kind.name())
+        let (row, col, dep) = (voxel / (cols * deps), voxel / deps % cols, voxel % deps);
+        let (kind_of_value, rule) = if value.is_finite() {
+            (
+                "an out-of-range",
+                format!("{} must lie in [0, 1]", self.kind.name()),
+            )
         } else {
-            "the data must hold finite values".to_string()
+            (
+                "a non-finite",
+                "the data must hold finite values".to_string(),
+            )
         };
         Err(Error::data(
             stack.path(),
             format!(
-                "item {item} has {} value ({value}) at (row, col, dep) = ({row}, {col}, {dep}); \
-                 {problem}",
-                if value.is_finite() {
-                    "an out-of-range"
-                } else {
-                    "a non-finite"
-                }
+                "item {item} has {kind_of_value} value ({value}) at (row, col, dep) = \
+                 ({row}, {col}, {dep}); {rule}"
             ),
         ))
     }

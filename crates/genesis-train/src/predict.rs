@@ -103,8 +103,7 @@ pub fn predict(config: &PredictConfig) -> Result<PredictSummary> {
     check_cube_shape(config.patch, config.model.spatial_multiple())?;
     if let Some(&side) = config.patch.iter().find(|&&side| side > MAX_PATCH_SIDE) {
         return Err(Error::Config(format!(
-            "patch sides must be at most {MAX_PATCH_SIDE}, got {side} (scans smaller than \
-             the patch are padded, so a patch never needs to exceed the network's input size)"
+            "patch sides must be at most {MAX_PATCH_SIDE}, got {side}"
         )));
     }
     let mut inputs = genesis_io::volume_files(&config.input);
