@@ -90,7 +90,8 @@ pub struct CommonArgs {
     /// Batches prepared ahead of the model.
     #[arg(long)]
     pub queue_depth: Option<usize>,
-    /// Optimiser: sgd or adam.
+    /// Optimiser: sgd or adam. Another family than the config's starts from that
+    /// family's paper settings, before `--set` applies.
     #[arg(long)]
     pub optimizer: Option<OptimizerKind>,
     /// Initial learning rate.
@@ -322,16 +323,21 @@ fn apply_sets<T: serde::Serialize + serde::de::DeserializeOwned>(
     Ok(config)
 }
 
-fn apply_optimizer(o: &mut OptimizerConfig, c: &CommonArgs) {
-    if let Some(kind) = c.optimizer
+/// `--optimizer` of another family than the base config's starts from that family's
+/// paper settings. This runs before `--set`, so `--set optimizer.lr=..` on the same
+/// command line applies to the new family rather than being reset by it.
+fn switch_optimizer(o: &mut OptimizerConfig, kind: Option<OptimizerKind>) {
+    if let Some(kind) = kind
         && kind != o.kind
     {
-        // Switching family from a default: take that family's paper settings.
         *o = match kind {
             OptimizerKind::Sgd => OptimizerConfig::paper_pretrain(),
             OptimizerKind::Adam => OptimizerConfig::paper_finetune(),
         };
     }
+}
+
+fn apply_optimizer(o: &mut OptimizerConfig, c: &CommonArgs) {
     set(&mut o.lr, c.lr);
     set(&mut o.momentum, c.momentum);
     set(&mut o.weight_decay, c.weight_decay);
@@ -380,7 +386,9 @@ fn base_config<T: serde::de::DeserializeOwned + Default>(c: &CommonArgs) -> Resu
 /// The resolved pretraining configuration and run options of `args`.
 pub fn resolve_pretrain(args: &PretrainArgs) -> Result<(PretrainConfig, RunOptions)> {
     let c = &args.common;
-    let mut config: PretrainConfig = apply_sets(base_config(c)?, &c.set)?;
+    let mut base: PretrainConfig = base_config(c)?;
+    switch_optimizer(&mut base.optimizer, c.optimizer);
+    let mut config: PretrainConfig = apply_sets(base, &c.set)?;
     set(&mut config.data, args.data.clone());
     set(&mut config.scale, args.scale);
     if let Some(folds) = &args.train_folds {
@@ -425,7 +433,9 @@ pub fn resolve_pretrain(args: &PretrainArgs) -> Result<(PretrainConfig, RunOptio
 /// The resolved fine-tuning configuration and run options of `args`.
 pub fn resolve_finetune(args: &FinetuneArgs) -> Result<(FinetuneConfig, RunOptions)> {
     let c = &args.common;
-    let mut config: FinetuneConfig = apply_sets(base_config(c)?, &c.set)?;
+    let mut base: FinetuneConfig = base_config(c)?;
+    switch_optimizer(&mut base.optimizer, c.optimizer);
+    let mut config: FinetuneConfig = apply_sets(base, &c.set)?;
     set(&mut config.task, args.task);
     set(&mut config.data, args.data.clone());
     set(&mut config.init, args.init.clone());
@@ -630,6 +640,23 @@ mod tests {
         assert_eq!(c.sample_every, 2);
         assert_eq!(c.transforms.flip_rate, 0.1);
         assert!(!o.resume);
+
+        // --set values of the optimizer survive --optimizer switching the family.
+        let cli = parse(&[
+            "pretrain",
+            "--optimizer",
+            "adam",
+            "--set",
+            "optimizer.lr=0.5",
+            "--set",
+            "optimizer.weight_decay=0.01",
+        ]);
+        let Command::Pretrain(args) = cli.command else {
+            panic!("not pretrain")
+        };
+        let (c, _) = resolve_pretrain(&args).unwrap();
+        assert_eq!(c.optimizer.kind, OptimizerKind::Adam);
+        assert_eq!((c.optimizer.lr, c.optimizer.weight_decay), (0.5, 0.01));
     }
 
     #[test]
