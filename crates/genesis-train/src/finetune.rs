@@ -102,6 +102,21 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions) -> Result<RunSumm
                 "no variable of the network was found in the file: is it a weight file of this architecture?",
             ));
         }
+        // Segmentation takes the whole network; a gap (say, a classifier's encoder-only
+        // file) leaves layers untrained, which a user should hear of even under --quiet.
+        let untrained = report
+            .missing
+            .iter()
+            .filter(|name| !name.ends_with("num_batches_tracked"))
+            .count();
+        if config.task == Task::Segmentation && untrained > 0 {
+            eprintln!(
+                "warning: {}: {untrained} of the network's parameters are not in the file and \
+                 keep their fresh values (an encoder-only file, such as a classifier's, leaves \
+                 the decoder untrained)",
+                path.display()
+            );
+        }
     }
     let objective = match config.task {
         Task::Segmentation => Objective::Segmentation {
