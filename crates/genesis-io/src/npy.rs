@@ -585,6 +585,9 @@ impl NpyStack {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::format(&path, "is a directory, not a .npy file"));
+        }
         // SAFETY: the map is read-only; as documented, the file must not be
         // truncated or modified while the stack is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;

@@ -78,7 +78,14 @@ pub(crate) fn read_exact_bytes(
     element_type: ElementType,
 ) -> Result<Bytes> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let metadata = file.metadata().map_err(|e| Error::io(path, e))?;
+    if metadata.is_dir() {
+        return Err(Error::format(
+            header_path,
+            format!("its data file {} is a directory", path.display()),
+        ));
+    }
+    let file_len = metadata.len();
     let start = match offset {
         Some(o) => o,
         None => file_len.saturating_sub(len as u64),

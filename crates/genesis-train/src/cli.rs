@@ -337,6 +337,27 @@ fn switch_optimizer(o: &mut OptimizerConfig, kind: Option<OptimizerKind>) {
     }
 }
 
+/// `--resume A --run-dir B` with A and B different directories is ambiguous (the run
+/// would continue in B, not A): refuse it.
+fn check_resume_dir(c: &CommonArgs) -> Result<()> {
+    if let (Some(resume), Some(run_dir)) = (&c.resume, &c.run_dir) {
+        let same = resume == run_dir
+            || matches!(
+                (resume.canonicalize(), run_dir.canonicalize()),
+                (Ok(a), Ok(b)) if a == b
+            );
+        if !same {
+            return Err(Error::Config(format!(
+                "--resume {} and --run-dir {} name different directories; a resumed run \
+                 continues in its own directory, so give only --resume",
+                resume.display(),
+                run_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn apply_optimizer(o: &mut OptimizerConfig, c: &CommonArgs) {
     set(&mut o.lr, c.lr);
     set(&mut o.momentum, c.momentum);
@@ -386,6 +407,7 @@ fn base_config<T: serde::de::DeserializeOwned + Default>(c: &CommonArgs) -> Resu
 /// The resolved pretraining configuration and run options of `args`.
 pub fn resolve_pretrain(args: &PretrainArgs) -> Result<(PretrainConfig, RunOptions)> {
     let c = &args.common;
+    check_resume_dir(c)?;
     let mut base: PretrainConfig = base_config(c)?;
     switch_optimizer(&mut base.optimizer, c.optimizer);
     let mut config: PretrainConfig = apply_sets(base, &c.set)?;
@@ -433,6 +455,7 @@ pub fn resolve_pretrain(args: &PretrainArgs) -> Result<(PretrainConfig, RunOptio
 /// The resolved fine-tuning configuration and run options of `args`.
 pub fn resolve_finetune(args: &FinetuneArgs) -> Result<(FinetuneConfig, RunOptions)> {
     let c = &args.common;
+    check_resume_dir(c)?;
     let mut base: FinetuneConfig = base_config(c)?;
     switch_optimizer(&mut base.optimizer, c.optimizer);
     let mut config: FinetuneConfig = apply_sets(base, &c.set)?;
@@ -640,6 +663,17 @@ mod tests {
         assert_eq!(c.sample_every, 2);
         assert_eq!(c.transforms.flip_rate, 0.1);
         assert!(!o.resume);
+
+        // --resume of one run with --run-dir of another is refused.
+        let cli = parse(&["pretrain", "--resume", "runs/a", "--run-dir", "runs/b"]);
+        let Command::Pretrain(args) = cli.command else {
+            panic!("not pretrain")
+        };
+        let error = resolve_pretrain(&args).unwrap_err().to_string();
+        assert!(
+            error.contains("--resume runs/a and --run-dir runs/b name different directories"),
+            "{error}"
+        );
 
         // --set values of the optimizer survive --optimizer switching the family.
         let cli = parse(&[

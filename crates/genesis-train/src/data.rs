@@ -171,6 +171,15 @@ impl StackSet {
     }
 }
 
+/// Why `dir`, which is not a directory, cannot be the `what` asked for.
+fn not_a_directory(dir: &Path, what: &str) -> String {
+    if dir.exists() {
+        format!("is a file; the {what} must be a directory")
+    } else {
+        format!("{what} not found")
+    }
+}
+
 fn cube_shape(path: &Path, item_shape: &[usize]) -> Result<[usize; 3]> {
     match item_shape {
         [r, c, d] | [1, r, c, d] if *r > 0 && *c > 0 && *d > 0 => Ok([*r, *c, *d]),
@@ -214,7 +223,7 @@ pub(crate) fn pretrain_stacks(
     role: &str,
 ) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
-        return Err(Error::data(dir, "data directory not found"));
+        return Err(Error::data(dir, not_a_directory(dir, "data directory")));
     }
     let mut paths = Vec::new();
     let mut missing = Vec::new();
@@ -485,7 +494,10 @@ impl TaskSource {
         tiling: &VolumeTiling,
     ) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::data(dir, "task data directory not found"));
+            return Err(Error::data(
+                dir,
+                not_a_directory(dir, "task data directory"),
+            ));
         }
         let x = match find_split_file(dir, "x", split, "npy")? {
             Some(x) => x,
@@ -818,6 +830,27 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_given_as_data_directory_is_named_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cubes.npy");
+        std::fs::write(&file, b"").unwrap();
+        let error = pretrain_stacks(&file, 32, &[0], "training")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cubes.npy: is a file; the data directory must be a directory"),
+            "{error}"
+        );
+        let error = pretrain_stacks(&dir.path().join("absent"), 32, &[0], "training")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("absent: data directory not found"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -361,11 +361,16 @@ impl InPaintConfig {
     /// Checks the divisors, the rate, and that the largest box fits inside the margins.
     pub fn validate(&self, shape: [usize; 3]) -> Result<()> {
         check_rate("in_paint.box_rate", self.box_rate)?;
-        if self.min_size_divisor == 0 || self.max_size_divisor == 0 {
-            return Err(Error::InvalidConfig {
-                field: "in_paint.min_size_divisor",
-                reason: "size divisors must be at least 1".into(),
-            });
+        for (field, divisor) in [
+            ("in_paint.min_size_divisor", self.min_size_divisor),
+            ("in_paint.max_size_divisor", self.max_size_divisor),
+        ] {
+            if divisor == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "size divisors must be at least 1".into(),
+                });
+            }
         }
         if self.min_size_divisor < self.max_size_divisor {
             return Err(Error::InvalidConfig {
@@ -506,6 +511,14 @@ mod tests {
         .validate([64, 64, 32])
         .unwrap_err();
         assert!(err.to_string().contains("paint_rate"), "{err}");
+        // Each zero divisor is named as itself.
+        for (min, max, field) in [(0, 3, "min_size_divisor"), (6, 0, "max_size_divisor")] {
+            let mut config = paper;
+            config.in_paint.min_size_divisor = min;
+            config.in_paint.max_size_divisor = max;
+            let err = config.validate([64, 64, 32]).unwrap_err().to_string();
+            assert!(err.contains(&format!("in_paint.{field}")), "{err}");
+        }
         // Out-painting on deps = 13: largest box 13 - 3*13/7 = 8 plus 2 * 3 margin > 13.
         let err = TransformConfig::only(Kernel::OutPaint)
             .validate([64, 64, 13])

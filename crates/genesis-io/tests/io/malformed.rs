@@ -235,6 +235,21 @@ fn malformed_inputs_are_errors_that_name_the_file() {
         "{err}"
     );
     assert!(read_npy(d.join("absurd.npy")).is_err());
+    // Directories where files belong.
+    std::fs::create_dir(d.join("dir.npy")).unwrap();
+    let err = NpyStack::open(d.join("dir.npy")).unwrap_err().to_string();
+    assert!(err.contains("dir.npy: is a directory"), "{err}");
+    std::fs::create_dir(d.join("data_dir")).unwrap();
+    write(
+        d,
+        "dir_data.mhd",
+        MHD.replace("scan.raw", "data_dir").as_bytes(),
+    );
+    let err = read_volume(d.join("dir_data.mhd")).unwrap_err().to_string();
+    assert!(
+        err.contains("dir_data.mhd") && err.contains("data_dir is a directory"),
+        "{err}"
+    );
     // A missing file names the path.
     let err = read_volume(d.join("absent.nrrd")).unwrap_err().to_string();
     assert!(err.contains("absent.nrrd"), "{err}");
