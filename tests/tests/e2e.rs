@@ -225,16 +225,33 @@ fn pretrain_resume_finetune_evaluate_predict() {
         "official names"
     );
 
+    // A fresh run into the same directory would replace its weights: refused unless
+    // asked for.
+    let last_a = std::fs::read(run_a.join("last.safetensors")).unwrap();
+    let config_a = std::fs::read(run_a.join("config.toml")).unwrap();
+    let error = pretrain(&tiny_pretrain(&cubes, run_a.clone()), &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("the run directory holds an earlier run") && error.contains("--overwrite"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read(run_a.join("last.safetensors")).unwrap(),
+        last_a
+    );
+    assert_eq!(std::fs::read(run_a.join("config.toml")).unwrap(), config_a);
+
     // 2. The same run interrupted in the middle of epoch 0, then resumed.
     let run_b = dir.path().join("pretrain-b");
     let config_b = tiny_pretrain(&cubes, run_b.clone());
     let interrupted = RunOptions {
         quiet: true,
-        resume: false,
         control: TrainControl {
             stop_after_steps: Some(3),
             ..TrainControl::default()
         },
+        ..RunOptions::default()
     };
     match pretrain(&config_b, &interrupted) {
         Err(Error::Interrupted {

@@ -123,6 +123,8 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
         path_str(&cubes)?,
         "--run-dir",
         path_str(&pretrain_dir)?,
+        // The quickstart's own runs: a second quickstart starts them afresh.
+        "--overwrite",
         "--base-width",
         &width,
         "--batch-size",
@@ -280,6 +282,7 @@ fn fine_tune_and_evaluate(run: &FineTune, common: &FineTuneCommon<'_>) -> Result
         &run.init,
         "--run-dir",
         path_str(&run_dir)?,
+        "--overwrite",
         "--base-width",
         common.width,
         "--batch-size",

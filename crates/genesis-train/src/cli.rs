@@ -118,6 +118,10 @@ pub struct CommonArgs {
     /// Hide progress bars and per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Start afresh in a run directory that already holds a run, replacing its
+    /// checkpoints and weights (without it, that is an error).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// `genesis-train pretrain`.
@@ -491,6 +495,7 @@ pub fn resolve_finetune(args: &FinetuneArgs) -> Result<(FinetuneConfig, RunOptio
 fn options(c: &CommonArgs) -> RunOptions {
     RunOptions {
         resume: c.resume.is_some(),
+        overwrite: c.overwrite,
         quiet: c.quiet,
         control: TrainControl::default(),
     }

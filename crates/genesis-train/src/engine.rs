@@ -53,11 +53,38 @@ pub struct TrainControl {
     pub stop_after_steps: Option<u64>,
 }
 
+/// Refuses to start a run afresh (neither resuming nor overwriting) in a directory that
+/// holds an earlier run's checkpoints or weights: they, and its `config.toml`, would be
+/// replaced. Called before anything is written to the run directory.
+pub(crate) fn check_fresh_run_dir(run_dir: &Path, options: &RunOptions) -> Result<()> {
+    if options.resume || options.overwrite {
+        return Ok(());
+    }
+    let earlier = [LAST_CHECKPOINT, BEST_CHECKPOINT, LAST_WEIGHTS, BEST_WEIGHTS]
+        .iter()
+        .map(|name| run_dir.join(name))
+        .find(|path| path.exists());
+    match earlier {
+        None => Ok(()),
+        Some(earlier) => Err(Error::checkpoint(
+            &earlier,
+            format!(
+                "the run directory holds an earlier run; continue it with --resume {}, start \
+                 afresh over it with --overwrite, or choose another --run-dir",
+                run_dir.display()
+            ),
+        )),
+    }
+}
+
 /// How a run is started.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Continue from `last.ckpt.safetensors` in the run directory.
     pub resume: bool,
+    /// Start afresh in a run directory that holds an earlier run, replacing its
+    /// checkpoints and weights (without it, that is an error).
+    pub overwrite: bool,
     /// Hide progress bars and the epoch lines.
     pub quiet: bool,
     /// Outside stop requests.
