@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ParseError, Result, bad, unsupported};
-use crate::raw;
+use crate::raw::{self, MAX_HEADER_BYTES};
 use crate::volume::{ElementType, IDENTITY_DIRECTION, Volume};
 
 /// Where the voxel data of a MetaImage lives.
@@ -35,9 +35,6 @@ pub(crate) struct MetaHeader {
     /// Bytes taken by the header text, up to and including the ElementDataFile line.
     pub header_len: usize,
 }
-
-/// Largest header we look at; real headers are a few hundred bytes.
-const MAX_HEADER_BYTES: usize = 1 << 20;
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ParseError> {
     match value.to_ascii_lowercase().as_str() {
@@ -265,12 +262,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<MetaHeader, ParseError> {
 /// The data file the header at `path` names, when it is a separate file; `None`
 /// when the data is attached or the header cannot be read.
 pub(crate) fn named_data_file(path: &Path) -> Option<PathBuf> {
-    let mut prefix = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(MAX_HEADER_BYTES as u64)
-        .read_to_end(&mut prefix)
-        .ok()?;
+    let prefix = raw::read_header_prefix(path).ok()?;
     match parse_header(&prefix).ok()?.data_file {
         DataFile::Local => None,
         DataFile::Detached(name) => Some(path.parent().unwrap_or(Path::new("")).join(name)),
@@ -279,13 +271,7 @@ pub(crate) fn named_data_file(path: &Path) -> Option<PathBuf> {
 
 /// Reads a `.mhd` or `.mha` file.
 pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volume> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut prefix = Vec::new();
-    (&mut file)
-        .take(MAX_HEADER_BYTES as u64)
-        .read_to_end(&mut prefix)
-        .map_err(|e| Error::io(path, e))?;
-    drop(file);
+    let prefix = raw::read_header_prefix(path)?;
     let header = parse_header(&prefix).map_err(|e| e.at(path))?;
     let bytes = read_data(path, &header)?;
     Ok(Volume {

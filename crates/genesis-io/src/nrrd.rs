@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ParseError, Result, bad, unsupported};
-use crate::raw;
+use crate::raw::{self, MAX_HEADER_BYTES};
 use crate::volume::{ElementType, IDENTITY_DIRECTION, Volume};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,8 +31,6 @@ pub(crate) struct NrrdHeader {
     /// Bytes up to and including the blank line that ends an attached header.
     pub header_len: usize,
 }
-
-const MAX_HEADER_BYTES: usize = 1 << 20;
 
 fn parse_type(value: &str) -> Result<ElementType, ParseError> {
     Ok(match value {
@@ -370,25 +368,14 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<NrrdHeader, ParseError> {
 /// The data file the header at `path` names (its `data file` field), or `None`
 /// when the data is attached or the header cannot be read.
 pub(crate) fn named_data_file(path: &Path) -> Option<PathBuf> {
-    let mut prefix = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(MAX_HEADER_BYTES as u64)
-        .read_to_end(&mut prefix)
-        .ok()?;
+    let prefix = raw::read_header_prefix(path).ok()?;
     let name = parse_header(&prefix).ok()?.data_file?;
     Some(path.parent().unwrap_or(Path::new("")).join(name))
 }
 
 /// Reads a `.nrrd` or `.nhdr` file.
 pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volume> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut prefix = Vec::new();
-    (&mut file)
-        .take(MAX_HEADER_BYTES as u64)
-        .read_to_end(&mut prefix)
-        .map_err(|e| Error::io(path, e))?;
-    drop(file);
+    let prefix = raw::read_header_prefix(path)?;
     let header = parse_header(&prefix).map_err(|e| e.at(path))?;
     let (data_path, start) = match &header.data_file {
         Some(name) => (path.parent().unwrap_or(Path::new("")).join(name), 0u64),

@@ -69,6 +69,18 @@ pub(crate) fn size_mismatch(
 
 /// Reads exactly `len` bytes at `offset` (or, with `offset == None`, the last
 /// `len` bytes) of an uncompressed data file, after checking the file is large enough.
+/// Largest text header (MetaImage, NRRD) we look at; real ones are a few hundred bytes.
+pub(crate) const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// The first [`MAX_HEADER_BYTES`] of the file at `path`, where a text header sits.
+pub(crate) fn read_header_prefix(path: &Path) -> Result<Vec<u8>> {
+    let mut prefix = Vec::new();
+    File::open(path)
+        .and_then(|file| file.take(MAX_HEADER_BYTES as u64).read_to_end(&mut prefix))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(prefix)
+}
+
 pub(crate) fn read_exact_bytes(
     path: &Path,
     offset: Option<u64>,

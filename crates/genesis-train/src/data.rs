@@ -141,8 +141,7 @@ impl StackSet {
             return Ok(());
         };
         let value = out[voxel];
-        let [_, cols, deps] = self.shape;
-        let (row, col, dep) = (voxel / (cols * deps), voxel / deps % cols, voxel % deps);
+        let [row, col, dep] = voxel_at(voxel, self.shape);
         let (kind_of_value, rule) = if value.is_finite() {
             (
                 "an out-of-range",
@@ -169,6 +168,12 @@ impl StackSet {
             .zip(indices.par_iter())
             .try_for_each(|(chunk, &i)| self.read(i, chunk))
     }
+}
+
+/// The 3-D position of flat index `index` in a C-order cube of `shape`.
+pub(crate) fn voxel_at(index: usize, shape: [usize; 3]) -> [usize; 3] {
+    let [_, cols, deps] = shape;
+    [index / (cols * deps), index / deps % cols, index % deps]
 }
 
 /// Why `dir`, which is not a directory, cannot be the `what` asked for.

@@ -283,8 +283,7 @@ pub(crate) fn check_finite(path: &Path, volume: &Volume) -> Result<()> {
     let Some(index) = volume.data.iter().position(|v| !v.is_finite()) else {
         return Ok(());
     };
-    let [_, ny, nz] = volume.shape();
-    let (x, y, z) = (index / (ny * nz), index / nz % ny, index % nz);
+    let [x, y, z] = crate::data::voxel_at(index, volume.shape());
     Err(Error::data(
         path,
         format!(

@@ -271,14 +271,14 @@ impl NonFinite {
 impl ValueRange {
     /// Adds one cube's values, or names its first NaN or infinite voxel.
     fn add(&mut self, cube: &[f32], shape: [usize; 3]) -> Result<(), NonFinite> {
-        if let Some(index) = cube.iter().position(|v| !v.is_finite()) {
-            let [_, cols, deps] = shape;
-            return Err(NonFinite {
-                value: cube[index],
-                voxel: [index / (cols * deps), index / deps % cols, index % deps],
-            });
-        }
-        for &value in cube {
+        for (index, &value) in cube.iter().enumerate() {
+            if !value.is_finite() {
+                let [_, cols, deps] = shape;
+                return Err(NonFinite {
+                    value,
+                    voxel: [index / (cols * deps), index / deps % cols, index % deps],
+                });
+            }
             self.min = self.min.min(value);
             self.max = self.max.max(value);
             self.outside_unit += usize::from(!(0.0..=1.0).contains(&value));
