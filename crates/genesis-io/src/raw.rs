@@ -68,7 +68,9 @@ pub(crate) fn size_mismatch(
 }
 
 /// Reads exactly `len` bytes at `offset` (or, with `offset == None`, the last
-/// `len` bytes) of an uncompressed data file, after checking the file is large enough.
+/// `len` bytes) of an uncompressed data file, after checking its size: with an
+/// offset the data must end the file, since bytes beyond what the header describes
+/// mean that the header (element type, sizes or data offset) does not fit the file.
 /// Largest text header (MetaImage, NRRD) we look at; real ones are a few hundred bytes.
 pub(crate) const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -103,7 +105,8 @@ pub(crate) fn read_exact_bytes(
         None => file_len.saturating_sub(len as u64),
     };
     let available = file_len.saturating_sub(start);
-    if available < len as u64 {
+    let too_long = offset.is_some() && available > len as u64;
+    if available < len as u64 || too_long {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -113,10 +116,14 @@ pub(crate) fn read_exact_bytes(
         } else {
             name
         };
-        return Err(Error::format(
-            header_path,
-            size_mismatch(dims, element_type, &what, available),
-        ));
+        let mut message = size_mismatch(dims, element_type, &what, available);
+        if too_long {
+            message.push_str(
+                "; the header does not describe this file (check the element type and sizes; \
+                 data that ends a longer file needs HeaderSize = -1, or byte skip: -1 in NRRD)",
+            );
+        }
+        return Err(Error::format(header_path, message));
     }
     if len >= MAP_THRESHOLD {
         // SAFETY: see `Bytes::Mapped`; the file is only read, and the length
@@ -556,6 +563,19 @@ mod tests {
             ElementType::I16,
         );
         assert!(short.is_err());
+        // Bytes beyond the data are refused too (here a header taken for data),
+        // naming both sizes and how to say that the data ends the file.
+        let Err(long) =
+            read_exact_bytes(&path, Some(0), voxels.len(), &path, dims, ElementType::I16)
+        else {
+            panic!("a file 100 bytes longer than its data was read");
+        };
+        let long = long.to_string();
+        assert!(
+            long.contains(&format!("holds {} bytes", voxels.len() + 100)),
+            "{long}"
+        );
+        assert!(long.contains("HeaderSize = -1"), "{long}");
     }
 
     #[test]

@@ -43,6 +43,18 @@ fn malformed_inputs_are_errors_that_name_the_file() {
             ],
         ),
         (
+            // The header says int16 where the file holds more: 4×3×1 of 48 bytes.
+            "too_long.mhd",
+            MHD.replace("DimSize = 4 3 2", "DimSize = 4 3 1")
+                .into_bytes(),
+            vec![
+                "too_long.mhd",
+                "24 bytes",
+                "scan.raw holds 48 bytes",
+                "HeaderSize = -1",
+            ],
+        ),
+        (
             "missing_data.mhd",
             MHD.replace("scan.raw", "nowhere.raw").into_bytes(),
             vec!["nowhere.raw"],
