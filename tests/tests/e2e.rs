@@ -565,6 +565,23 @@ fn diverging_training_stops_with_a_clear_error_and_keeps_the_checkpoint() {
 }
 
 #[test]
+fn a_run_dir_below_a_file_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cubes = dir.path().join("cubes");
+    std::fs::create_dir_all(&cubes).unwrap();
+    make_cubes(&cubes);
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let config = tiny_pretrain(&cubes, file.join("run"));
+    let message = pretrain(&config, &quiet()).unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("{} is a file, not a directory", file.display())),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[test]
 fn missing_data_is_an_error_naming_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_pretrain(&dir.path().join("nowhere"), dir.path().join("run"));

@@ -64,7 +64,7 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
     ensure_libtorch()?;
     let root = workspace_root();
     let out = root.join(&args.out);
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    genesis_io::create_dir_all(&out)?;
     let seed = args.seed.to_string();
     let scale = args.scale.to_string();
     let phantom = out.join("phantom");

@@ -22,6 +22,37 @@ pub(crate) fn temp_path(path: &Path, suffix: &str) -> PathBuf {
     }
 }
 
+/// Creates the directory `path` and any missing parents, like
+/// [`std::fs::create_dir_all`], with an error that names what is in the way when a
+/// file sits where a directory must be (the system's own message is "File exists"
+/// or "Not a directory", naming neither file).
+pub fn create_dir_all(path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    std::fs::create_dir_all(path).map_err(|error| {
+        let blocking = path.ancestors().find(|p| p.exists() && !p.is_dir());
+        match blocking {
+            Some(file) if file == path => Error::io(
+                path,
+                std::io::Error::other("cannot create this directory: a file of this name exists"),
+            ),
+            Some(file) => Error::io(
+                path,
+                std::io::Error::other(format!(
+                    "cannot create this directory: {} is a file, not a directory",
+                    file.display()
+                )),
+            ),
+            None => Error::io(
+                path,
+                std::io::Error::new(
+                    error.kind(),
+                    format!("cannot create this directory: {error}"),
+                ),
+            ),
+        }
+    })
+}
+
 /// Renames `temp` onto `path`, removing `temp` if that fails.
 pub(crate) fn commit(temp: &Path, path: &Path) -> Result<()> {
     std::fs::rename(temp, path).map_err(|e| {
@@ -53,5 +84,41 @@ pub(crate) fn write_atomic(
             let _ = std::fs::remove_file(&temp);
             Err(Error::io(path, e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_dir_all_names_the_file_in_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("scan.raw");
+        std::fs::write(&file, b"data").unwrap();
+
+        let below = file.join("run/sub");
+        let message = create_dir_all(&below).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&below.display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("{} is a file, not a directory", file.display())),
+            "{message}"
+        );
+
+        let message = create_dir_all(&file).unwrap_err().to_string();
+        assert!(message.contains("a file of this name exists"), "{message}");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"data",
+            "the file is untouched"
+        );
+
+        let fresh = dir.path().join("a/b/c");
+        create_dir_all(&fresh).unwrap();
+        create_dir_all(&fresh).unwrap();
+        assert!(fresh.is_dir());
     }
 }

@@ -26,7 +26,7 @@
 //!
 //! # fn main() -> genesis_io::Result<()> {
 //! let dir = std::env::temp_dir().join(format!("genesis-io-doc-{}", std::process::id()));
-//! std::fs::create_dir_all(&dir).map_err(|e| genesis_io::Error::InvalidArgument(e.to_string()))?;
+//! genesis_io::create_dir_all(&dir)?;
 //! let hu = Array3::from_shape_fn((4, 3, 2), |(x, y, z)| (x * 100 + y * 10 + z) as f32 - 1000.0);
 //! let mut scan = Volume::new(hu, [0.76, 0.76, 2.5]);
 //! scan.element_type = ElementType::I16;
@@ -55,6 +55,7 @@ mod window;
 
 use std::path::{Path, PathBuf};
 
+pub use atomic::create_dir_all;
 pub use error::{Error, Result};
 pub use npy::{NpyDtype, NpyStack, NpyStackWriter, read_npy, write_npy};
 pub use raw::MAX_VOXELS;

@@ -224,7 +224,7 @@ pub(crate) fn run_loop(
     options: &RunOptions,
 ) -> Result<RunSummary> {
     let run_dir = &spec.run_dir;
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    genesis_io::create_dir_all(run_dir)?;
     let mut optimizer = Optimizer::new(vs, &spec.optimizer)?;
     let last_path = run_dir.join(LAST_CHECKPOINT);
     let mut state = if options.resume {
@@ -406,7 +406,7 @@ pub(crate) fn run_loop(
             && (epoch % spec.sample_every == 0 || epoch + 1 == spec.epochs)
         {
             let dir = run_dir.join("samples");
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            genesis_io::create_dir_all(&dir)?;
             write_restoration_sample(
                 &dir.join(format!("epoch_{epoch:03}.png")),
                 shape,
@@ -540,6 +540,6 @@ fn validate(
 
 /// Saves the resolved configuration as `config.toml` in the run directory.
 pub(crate) fn save_config(run_dir: &Path, toml_text: &str) -> Result<()> {
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    genesis_io::create_dir_all(run_dir)?;
     crate::checkpoint::write_atomic(&run_dir.join("config.toml"), toml_text.as_bytes())
 }

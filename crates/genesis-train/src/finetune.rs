@@ -331,7 +331,7 @@ pub fn evaluate(config: &EvaluateConfig) -> Result<EvaluationMetrics> {
     let json = serde_json::to_string_pretty(&metrics)
         .map_err(|e| Error::Config(format!("cannot serialise metrics: {e}")))?;
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        genesis_io::create_dir_all(parent)?;
     }
     crate::checkpoint::write_atomic(&output, format!("{json}\n").as_bytes())?;
     Ok(metrics)

@@ -158,7 +158,7 @@ pub fn predict(config: &PredictConfig) -> Result<PredictSummary> {
         element_type: ElementType::U8,
     };
     if let Some(parent) = config.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        genesis_io::create_dir_all(parent)?;
     }
     write_volume(&config.output, &out)?;
     Ok(PredictSummary {

@@ -114,7 +114,7 @@ pub fn parse_record(text: &str) -> Result<Vec<RemoteFile>> {
 
 /// Downloads the CSV files and `subsetK.zip` for `subsets` into `dir` and unzips them.
 pub fn download_luna16(dir: &Path, subsets: &[usize], options: &Options) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    genesis_io::create_dir_all(dir)?;
     let agent = agent();
     let mut wanted = Vec::new();
     for (index, (id, range)) in RECORDS.iter().enumerate() {
@@ -400,8 +400,7 @@ pub fn unzip(zip_path: &Path, out_dir: &Path, prefix: &str) -> Result<usize> {
         .with_context(|| format!("cannot open {}", zip_path.display()))?;
     let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
         .with_context(|| format!("{}: not a zip file", zip_path.display()))?;
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    genesis_io::create_dir_all(out_dir)?;
     let mut n_files = 0;
     for index in 0..archive.len() {
         let mut entry = archive
@@ -427,8 +426,7 @@ pub fn unzip(zip_path: &Path, out_dir: &Path, prefix: &str) -> Result<usize> {
             continue;
         }
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+            genesis_io::create_dir_all(parent)?;
         }
         let temp = part_path(&target);
         let mut out = std::fs::File::create(&temp)

@@ -199,7 +199,7 @@ pub fn pack(dir: &Path, out: &Path, options: &PackOptions) -> Result<PackSummary
             dir.display()
         );
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    genesis_io::create_dir_all(out)?;
     let manifest_path = out.join("manifest.json");
     let mut manifest = read_manifest(&manifest_path)?;
     manifest.tool = "cargo xtask prepare-data".into();

@@ -219,7 +219,7 @@ pub struct DatasetSummary {
 /// Generates the dataset into `dir` (`subsetK/<uid>.mhd/.raw`, `annotations.csv`,
 /// `candidates.csv`, `phantom.json`), in parallel over scans.
 pub fn write_dataset(dir: &Path, config: &PhantomConfig) -> Result<DatasetSummary> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    genesis_io::create_dir_all(dir)?;
     // Two scans per thread in flight at most: a paper-size scan is ~0.4 GB while built.
     let chunk = 2 * rayon::current_num_threads().max(1);
     let mut records = Vec::with_capacity(config.n_scans);
@@ -230,8 +230,7 @@ pub fn write_dataset(dir: &Path, config: &PhantomConfig) -> Result<DatasetSummar
             .map(|&index| {
                 let scan = generate_scan(config, index)?;
                 let subset_dir = dir.join(format!("subset{}", scan.subset));
-                std::fs::create_dir_all(&subset_dir)
-                    .with_context(|| format!("cannot create {}", subset_dir.display()))?;
+                genesis_io::create_dir_all(&subset_dir)?;
                 let path = subset_dir.join(format!("{}.mhd", scan.uid));
                 genesis_io::write_volume(&path, &scan.volume)
                     .with_context(|| format!("cannot write {}", path.display()))?;

@@ -356,8 +356,7 @@ fn first_annotated_scan(dir: &Path) -> Result<Option<(Volume, Vec<Point>)>> {
 
 fn save_png(image: &RgbImage, out: &Path) -> Result<()> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+        genesis_io::create_dir_all(parent)?;
     }
     let file =
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;

@@ -217,7 +217,7 @@ pub fn build_task(dir: &Path, out: &Path, options: &TaskOptions) -> Result<()> {
         .collect();
     scans.sort_by(|a, b| (a.subset, &a.uid).cmp(&(b.subset, &b.uid)));
     let splits = split_scans(&scans)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    genesis_io::create_dir_all(out)?;
     let mut counts = serde_json::Map::new();
     let cube = options.cube;
     let [sx, sy, sz] = cube;
