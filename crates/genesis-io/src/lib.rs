@@ -185,7 +185,18 @@ pub fn volume_files(path: impl AsRef<Path>) -> Vec<PathBuf> {
 /// holds the element type without loss.
 pub fn write_volume(path: impl AsRef<Path>, volume: &Volume) -> Result<()> {
     let path = path.as_ref();
-    match Format::from_path(path) {
+    let format = Format::from_path(path);
+    if !matches!(format, Some(Format::Npy) | None)
+        && volume::degenerate_direction(&volume.direction)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{}: direction {:?} is singular (its axes do not span space); no reader \
+             could orient the volume",
+            path.display(),
+            volume.direction
+        )));
+    }
+    match format {
         Some(Format::MetaImageDetached) => metaimage::write(path, volume, false),
         Some(Format::MetaImageAttached) => metaimage::write(path, volume, true),
         Some(Format::NrrdAttached) => nrrd::write(path, volume, true),

@@ -244,6 +244,12 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<MetaHeader, ParseError> {
     if spacing.iter().any(|&s| s <= 0.0) {
         return bad(format!("ElementSpacing {spacing:?} must be positive"));
     }
+    if crate::volume::degenerate_direction(&direction) {
+        return bad(format!(
+            "TransformMatrix {direction:?} is singular: its axes do not span space, so the \
+             volume has no orientation"
+        ));
+    }
     Ok(MetaHeader {
         dims: [dims[0] as usize, dims[1] as usize, dims[2] as usize],
         element_type,

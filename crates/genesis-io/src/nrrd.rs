@@ -337,6 +337,12 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<NrrdHeader, ParseError> {
                     direction[a][c] = d[a][c] / norm * space_flip[c];
                 }
             }
+            if crate::volume::degenerate_direction(&direction) {
+                return bad(format!(
+                    "space directions {d:?} do not span space (two axes are parallel or \
+                     the three lie in a plane), so the volume has no orientation"
+                ));
+            }
             (spacing, direction)
         }
         None => (spacings.unwrap_or([1.0; 3]), IDENTITY_DIRECTION),

@@ -110,6 +110,20 @@ pub struct Volume {
 /// The identity direction matrix.
 pub const IDENTITY_DIRECTION: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
+/// Whether three axis directions fail to span space (one is zero, or they lie in a
+/// plane), judged on the determinant scaled by the axes' lengths: below 1e-6 the
+/// volume has no orientation, and ITK refuses such a direction as well.
+pub(crate) fn degenerate_direction(d: &[[f64; 3]; 3]) -> bool {
+    let det = d[0][0] * (d[1][1] * d[2][2] - d[1][2] * d[2][1])
+        - d[0][1] * (d[1][0] * d[2][2] - d[1][2] * d[2][0])
+        + d[0][2] * (d[1][0] * d[2][1] - d[1][1] * d[2][0]);
+    let lengths: f64 = d
+        .iter()
+        .map(|row| row.iter().map(|v| v * v).sum::<f64>().sqrt())
+        .product();
+    !(lengths > 0.0 && (det / lengths).abs() >= 1e-6)
+}
+
 impl Volume {
     /// A volume with identity direction, zero origin and element type F32.
     pub fn new(data: Array3<f32>, spacing: [f64; 3]) -> Self {

@@ -143,6 +143,28 @@ fn malformed_inputs_are_errors_that_name_the_file() {
             vec!["truncated.nrrd", "48 bytes", "40 bytes"],
         ),
         (
+            // Two axes along x: no orientation; ITK refuses such a direction too.
+            "singular.mhd",
+            MHD.replace(
+                "TransformMatrix = 1 0 0 0 1 0 0 0 1",
+                "TransformMatrix = 1 0 0 1 0 0 0 0 1",
+            )
+            .into_bytes(),
+            vec!["singular.mhd", "TransformMatrix", "singular"],
+        ),
+        (
+            "parallel.nrrd",
+            [
+                nrrd(
+                    "sizes: 4 3 2\nspace: left-posterior-superior\n\
+                     space directions: (1,0,0) (2,0,0) (0,0,1)\nendian: little\nencoding: raw",
+                ),
+                vec![0u8; 48],
+            ]
+            .concat(),
+            vec!["parallel.nrrd", "space directions", "do not span space"],
+        ),
+        (
             "absurd.nrrd",
             nrrd("sizes: 1000000 1000000 1000000\nendian: little\nencoding: raw"),
             vec!["absurd.nrrd", "limit"],
@@ -315,4 +337,19 @@ fn truncated_nifti_and_absurd_nifti_dims_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("fourd.nii") && err.contains("3-D"), "{err}");
+}
+
+#[test]
+fn a_volume_with_a_singular_direction_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = sample_volume(genesis_io::ElementType::I16);
+    volume.direction = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]];
+    for name in ["flat.mhd", "flat.nrrd", "flat.nii.gz"] {
+        let path = dir.path().join(name);
+        let err = write_volume(&path, &volume).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains("singular"), "{err}");
+        assert!(!path.exists(), "{name} was written");
+    }
+    // .npy keeps no geometry, so the direction does not matter there.
+    write_volume(dir.path().join("flat.npy"), &volume).unwrap();
 }
