@@ -67,10 +67,6 @@ pub(crate) fn size_mismatch(
     )
 }
 
-/// Reads exactly `len` bytes at `offset` (or, with `offset == None`, the last
-/// `len` bytes) of an uncompressed data file, after checking its size: with an
-/// offset the data must end the file, since bytes beyond what the header describes
-/// mean that the header (element type, sizes or data offset) does not fit the file.
 /// Largest text header (MetaImage, NRRD) we look at; real ones are a few hundred bytes.
 pub(crate) const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -83,6 +79,10 @@ pub(crate) fn read_header_prefix(path: &Path) -> Result<Vec<u8>> {
     Ok(prefix)
 }
 
+/// Reads exactly `len` bytes at `offset` (or, with `offset == None`, the last
+/// `len` bytes) of an uncompressed data file, after checking its size: with an
+/// offset the data must end the file, since bytes beyond what the header describes
+/// mean that the header (element type, sizes or data offset) does not fit the file.
 pub(crate) fn read_exact_bytes(
     path: &Path,
     offset: Option<u64>,
