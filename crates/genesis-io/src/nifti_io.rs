@@ -148,6 +148,11 @@ fn rotation_to_quaternion(r: [[f64; 3]; 3]) -> (f64, f64, f64) {
 }
 
 /// The RAS affine (3 rows × 4 columns) the header describes: sform if set, else qform, else pixdim.
+/// The three voxel axes (the affine's columns) of a 3×4 affine, one per row.
+fn axes(affine: &[[f64; 4]; 3]) -> [[f64; 3]; 3] {
+    std::array::from_fn(|a| [affine[0][a], affine[1][a], affine[2][a]])
+}
+
 fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
     let pixdim = |i: usize| {
         let p = header.pixdim[i] as f64;
@@ -159,7 +164,12 @@ fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
     };
     if header.sform_code > 0 {
         let row = |r: [f32; 4]| [r[0] as f64, r[1] as f64, r[2] as f64, r[3] as f64];
-        return [row(header.srow_x), row(header.srow_y), row(header.srow_z)];
+        let sform = [row(header.srow_x), row(header.srow_y), row(header.srow_z)];
+        // A degenerate sform gives way to the qform where there is one, as in ITK;
+        // without one, `read` reports it.
+        if header.qform_code <= 0 || !crate::volume::degenerate_direction(&axes(&sform)) {
+            return sform;
+        }
     }
     if header.qform_code > 0 {
         let rotation = quaternion_to_rotation(
@@ -222,6 +232,21 @@ pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volum
 
     // RAS → LPS, then split into spacing and unit directions.
     let mut affine = ras_affine(&header);
+    if crate::volume::degenerate_direction(&axes(&affine)) {
+        return Err(Error::format(
+            path,
+            format!(
+                "the voxel axes of its {} ({:?}) do not span space, so the volume has no \
+                 orientation",
+                if header.sform_code > 0 {
+                    "sform"
+                } else {
+                    "qform"
+                },
+                axes(&affine)
+            ),
+        ));
+    }
     for row in affine.iter_mut().take(2) {
         for v in row.iter_mut() {
             *v = -*v;

@@ -353,3 +353,37 @@ fn a_volume_with_a_singular_direction_is_not_written() {
     // .npy keeps no geometry, so the direction does not matter there.
     write_volume(dir.path().join("flat.npy"), &volume).unwrap();
 }
+
+#[test]
+fn a_nifti_sform_whose_axes_do_not_span_space_falls_back_to_the_qform_or_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.nii");
+    write_volume(&path, &sample_volume(genesis_io::ElementType::I16)).unwrap();
+    let good = read_volume(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // NIfTI-1: qform_code at byte 252, srow_x at 280, srow_y at 296 (little-endian).
+    let srow_x = bytes[280..296].to_vec();
+    bytes[296..312].copy_from_slice(&srow_x);
+    std::fs::write(dir.path().join("with_qform.nii"), &bytes).unwrap();
+    let fallback = read_volume(dir.path().join("with_qform.nii")).unwrap();
+    // The same geometry, from the qform (f32 fields, so not to the last bit).
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+    assert!(close(&fallback.spacing, &good.spacing));
+    assert!(close(&fallback.origin, &good.origin));
+    assert!(
+        close(
+            fallback.direction.as_flattened(),
+            good.direction.as_flattened()
+        ),
+        "{:?} vs {:?}",
+        fallback.direction,
+        good.direction
+    );
+    bytes[252..254].copy_from_slice(&0i16.to_le_bytes());
+    std::fs::write(dir.path().join("flat.nii"), &bytes).unwrap();
+    let err = read_volume(dir.path().join("flat.nii"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("flat.nii") && err.contains("sform"), "{err}");
+    assert!(err.contains("do not span space"), "{err}");
+}
