@@ -1,4 +1,5 @@
-//! Atomic file writes: write a temporary file in the destination directory, then rename.
+//! Atomic file writes (a temporary file in the destination directory, then a rename),
+//! and directory creation whose errors name what is in the way.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
