@@ -147,12 +147,12 @@ fn rotation_to_quaternion(r: [[f64; 3]; 3]) -> (f64, f64, f64) {
     if a < 0.0 { (-b, -c, -d) } else { (b, c, d) }
 }
 
-/// The RAS affine (3 rows × 4 columns) the header describes: sform if set, else qform, else pixdim.
 /// The three voxel axes (the affine's columns) of a 3×4 affine, one per row.
 fn axes(affine: &[[f64; 4]; 3]) -> [[f64; 3]; 3] {
     std::array::from_fn(|a| [affine[0][a], affine[1][a], affine[2][a]])
 }
 
+/// The RAS affine (3 rows × 4 columns) the header describes: sform if set, else qform, else pixdim.
 fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
     let pixdim = |i: usize| {
         let p = header.pixdim[i] as f64;

@@ -55,8 +55,8 @@ pub struct TrainControl {
 
 /// Refuses to start a run afresh (neither resuming nor overwriting) in a directory that
 /// holds an earlier run's checkpoints or weights: they, and its `config.toml`, would be
-/// replaced. Called before anything is written to the run directory.
-pub(crate) fn check_fresh_run_dir(run_dir: &Path, options: &RunOptions) -> Result<()> {
+/// replaced. [`save_config`] calls it before anything is written to the run directory.
+fn check_fresh_run_dir(run_dir: &Path, options: &RunOptions) -> Result<()> {
     if options.resume || options.overwrite {
         return Ok(());
     }
@@ -214,7 +214,8 @@ fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     (mixed >> 1) as i64
 }
 
-/// Runs the loop; `train` and `valid` produce the batches.
+/// Runs the loop; `train` and `valid` produce the batches. The run directory exists
+/// ([`save_config`] made it).
 pub(crate) fn run_loop(
     spec: &LoopSpec,
     vs: &nn::VarStore,
@@ -224,7 +225,6 @@ pub(crate) fn run_loop(
     options: &RunOptions,
 ) -> Result<RunSummary> {
     let run_dir = &spec.run_dir;
-    genesis_io::create_dir_all(run_dir)?;
     let mut optimizer = Optimizer::new(vs, &spec.optimizer)?;
     let last_path = run_dir.join(LAST_CHECKPOINT);
     let mut state = if options.resume {
@@ -538,8 +538,11 @@ fn validate(
     })
 }
 
-/// Saves the resolved configuration as `config.toml` in the run directory.
-pub(crate) fn save_config(run_dir: &Path, toml_text: &str) -> Result<()> {
+/// Starts the run directory: refuses one that holds an earlier run unless `options`
+/// resume or overwrite it, creates it, and saves the resolved configuration there as
+/// `config.toml`.
+pub(crate) fn save_config(run_dir: &Path, toml_text: &str, options: &RunOptions) -> Result<()> {
+    check_fresh_run_dir(run_dir, options)?;
     genesis_io::create_dir_all(run_dir)?;
     crate::checkpoint::write_atomic(&run_dir.join("config.toml"), toml_text.as_bytes())
 }

@@ -59,9 +59,8 @@ pub fn finetune(config: &FinetuneConfig, options: &RunOptions) -> Result<RunSumm
     let train_steps = EpochPlan::steps(train.len(), config.batch_size, false, None);
     let valid_steps = EpochPlan::steps(valid.len(), config.batch_size, false, None);
 
-    crate::engine::check_fresh_run_dir(&config.run_dir, options)?;
     let config_toml = to_toml(config)?;
-    save_config(&config.run_dir, &config_toml)?;
+    save_config(&config.run_dir, &config_toml, options)?;
     if !options.quiet {
         println!("resolved configuration:\n{config_toml}");
         println!(

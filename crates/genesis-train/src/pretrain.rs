@@ -80,9 +80,8 @@ pub fn pretrain(config: &PretrainConfig, options: &RunOptions) -> Result<RunSumm
         }
     }
 
-    crate::engine::check_fresh_run_dir(&config.run_dir, options)?;
     let config_toml = to_toml(config)?;
-    save_config(&config.run_dir, &config_toml)?;
+    save_config(&config.run_dir, &config_toml, options)?;
     if !options.quiet {
         println!("resolved configuration:\n{config_toml}");
         println!(
