@@ -1,5 +1,6 @@
-//! Criterion benches: each kernel, full pair generation (one thread and all threads) on
-//! 64x64x32 f32 cubes, and extraction from a synthetic 512x512x200 CT scan.
+//! Criterion benches on 64x64x32 f32 cubes: each kernel on one cube, full pair generation
+//! and each kernel alone over batches (one thread and all threads), and extraction from a
+//! synthetic 512x512x200 CT scan.
 //!
 //! Run: `cargo bench -p genesis-transforms --bench transforms -- --measurement-time 5
 //! --warm-up-time 1 --sample-size 10`.
@@ -72,47 +73,86 @@ fn kernels(c: &mut Criterion) {
     group.finish();
 }
 
-fn pairs(c: &mut Criterion) {
-    let n_cubes = 64;
-    let len: usize = SHAPE.iter().product();
-    let mut cubes = Vec::with_capacity(n_cubes * len);
+/// `n_cubes` test cubes one after the other in one buffer.
+fn test_cubes(n_cubes: usize) -> Vec<f32> {
+    let mut cubes = Vec::with_capacity(n_cubes * SHAPE.iter().product::<usize>());
     for i in 0..n_cubes {
         cubes.extend(test_cube(i).iter());
     }
-    let mut inputs = vec![0f32; cubes.len()];
-    let mut targets = vec![0f32; cubes.len()];
-    let config = TransformConfig::paper();
-    let mut group = c.benchmark_group("pairs_paper_64x64x32");
+    cubes
+}
+
+/// Benches `generate_pairs` with `config` on the first `batch` of `cubes`, on one thread
+/// and on all of them, as `{prefix}_threads{n}`.
+fn bench_batches(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    prefix: &str,
+    config: &TransformConfig,
+    cubes: &[f32],
+    batch: usize,
+) {
+    let n = batch * SHAPE.iter().product::<usize>();
+    let mut inputs = vec![0f32; n];
+    let mut targets = vec![0f32; n];
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    group.throughput(Throughput::Elements(batch as u64));
+    for threads in [1, all] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut epoch = 0;
+        group.bench_function(format!("{prefix}_threads{threads}"), |b| {
+            b.iter(|| {
+                epoch += 1;
+                pool.install(|| {
+                    generate_pairs(
+                        &cubes[..n],
+                        SHAPE,
+                        &mut inputs,
+                        &mut targets,
+                        config,
+                        1,
+                        epoch,
+                        0,
+                    )
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+            })
+        });
+    }
+}
+
+fn pairs(c: &mut Criterion) {
+    let cubes = test_cubes(64);
+    let mut group = c.benchmark_group("pairs_paper_64x64x32");
     // 64 cubes per call, and 6: the batch genesis-train asks for (its default batch size).
     for batch in [64, 6] {
-        let n = batch * len;
-        group.throughput(Throughput::Elements(batch as u64));
-        for threads in [1, all] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut epoch = 0;
-            group.bench_function(format!("batch{batch}_threads{threads}"), |b| {
-                b.iter(|| {
-                    epoch += 1;
-                    pool.install(|| {
-                        generate_pairs(
-                            &cubes[..n],
-                            SHAPE,
-                            &mut inputs[..n],
-                            &mut targets[..n],
-                            &config,
-                            1,
-                            epoch,
-                            0,
-                        )
-                    })
-                    .unwrap_or_else(|e| panic!("{e}"));
-                })
-            });
-        }
+        bench_batches(
+            &mut group,
+            &format!("batch{batch}"),
+            &TransformConfig::paper(),
+            &cubes,
+            batch,
+        );
+    }
+    group.finish();
+}
+
+/// Each kernel alone (probability 1) over batches of 64 cubes, on one thread and on all:
+/// how each kernel scales with cores.
+fn kernel_batches(c: &mut Criterion) {
+    let cubes = test_cubes(64);
+    let mut group = c.benchmark_group("kernel_batch64_64x64x32");
+    for (name, kernel) in [
+        ("none", Kernel::None),
+        ("flip", Kernel::Flip),
+        ("local_shuffle", Kernel::LocalShuffle),
+        ("nonlinear", Kernel::NonLinear),
+        ("inpaint", Kernel::InPaint),
+        ("outpaint", Kernel::OutPaint),
+    ] {
+        bench_batches(&mut group, name, &TransformConfig::only(kernel), &cubes, 64);
     }
     group.finish();
 }
@@ -142,5 +182,5 @@ fn extraction(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, pairs, extraction);
+criterion_group!(benches, kernels, pairs, kernel_batches, extraction);
 criterion_main!(benches);
