@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group};
-use genesis_io::{NpyDtype, NpyStackWriter};
+use genesis_io::{NpyDtype, NpyStack, NpyStackWriter};
 use genesis_models::{ModelConfig, SegmentationModel};
 use genesis_train::{Optimizer, OptimizerConfig, PretrainConfig, RunOptions, pretrain};
 use genesis_transforms::{TransformConfig, generate_pairs};
@@ -69,7 +69,11 @@ fn benches(c: &mut Criterion) {
     let width = env_usize("GENESIS_BENCH_WIDTH", 32) as i64;
     let device = device();
     let voxels: usize = SHAPE.iter().product();
-    let cubes: Vec<f32> = (0..BATCH).flat_map(cube).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stack_path = dir.path().join("bat_32_s_64x64x32_0.npy");
+    write_stack(&stack_path, 4 * BATCH);
+    let stack = NpyStack::open(&stack_path).expect("open stack");
+    let mut cubes = vec![0f32; BATCH * voxels];
     let transforms = TransformConfig::paper();
 
     let mut group = c.benchmark_group("pretrain");
@@ -80,6 +84,11 @@ fn benches(c: &mut Criterion) {
     group.bench_function("produce_batch", |b| {
         b.iter(|| {
             epoch += 1;
+            // A different batch of the stack each time, as the producer reads them.
+            let first = (epoch as usize % 4) * BATCH;
+            for (i, chunk) in cubes.chunks_exact_mut(voxels).enumerate() {
+                stack.read_item_into(first + i, chunk).expect("read cube");
+            }
             generate_pairs(
                 &cubes,
                 SHAPE,
