@@ -152,8 +152,9 @@ fn axes(affine: &[[f64; 4]; 3]) -> [[f64; 3]; 3] {
     std::array::from_fn(|a| [affine[0][a], affine[1][a], affine[2][a]])
 }
 
-/// The RAS affine (3 rows × 4 columns) the header describes: sform if set, else qform, else pixdim.
-fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
+/// The RAS affine (3 rows × 4 columns) the header describes: sform if set, else qform, else
+/// pixdim; with the name of the one it came from.
+fn ras_affine(header: &NiftiHeader) -> ([[f64; 4]; 3], &'static str) {
     let pixdim = |i: usize| {
         let p = header.pixdim[i] as f64;
         if p.is_finite() && p != 0.0 {
@@ -168,7 +169,7 @@ fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
         // A degenerate sform gives way to the qform where there is one, as in ITK;
         // without one, `read` reports it.
         if header.qform_code <= 0 || !crate::volume::degenerate_direction(&axes(&sform)) {
-            return sform;
+            return (sform, "sform");
         }
     }
     if header.qform_code > 0 {
@@ -191,13 +192,14 @@ fn ras_affine(header: &NiftiHeader) -> [[f64; 4]; 3] {
             }
             row[3] = translation[i];
         }
-        return affine;
+        return (affine, "qform");
     }
-    [
+    let affine = [
         [pixdim(1), 0.0, 0.0, 0.0],
         [0.0, pixdim(2), 0.0, 0.0],
         [0.0, 0.0, pixdim(3), 0.0],
-    ]
+    ];
+    (affine, "pixdim")
 }
 
 /// Reads a `.nii` or `.nii.gz` file.
@@ -231,19 +233,14 @@ pub(crate) fn read(path: &Path, window: Option<crate::HuWindow>) -> Result<Volum
     let data = raw::decode_volume(&raw_data, element_type, big_endian, dims, rescale, window);
 
     // RAS → LPS, then split into spacing and unit directions.
-    let mut affine = ras_affine(&header);
-    if crate::volume::degenerate_direction(&axes(&affine)) {
+    let (mut affine, source) = ras_affine(&header);
+    let voxel_axes = axes(&affine);
+    if crate::volume::degenerate_direction(&voxel_axes) {
         return Err(Error::format(
             path,
             format!(
-                "the voxel axes of its {} ({:?}) do not span space, so the volume has no \
-                 orientation",
-                if header.sform_code > 0 {
-                    "sform"
-                } else {
-                    "qform"
-                },
-                axes(&affine)
+                "the voxel axes of its {source} ({voxel_axes:?}) do not span space, so the \
+                 volume has no orientation"
             ),
         ));
     }

@@ -16,6 +16,16 @@ use ndarray::Array3;
 
 const SHAPE: [usize; 3] = [64, 64, 32];
 
+/// Every kernel, named as the benches report it.
+const KERNELS: [(&str, Kernel); 6] = [
+    ("none", Kernel::None),
+    ("flip", Kernel::Flip),
+    ("local_shuffle", Kernel::LocalShuffle),
+    ("nonlinear", Kernel::NonLinear),
+    ("inpaint", Kernel::InPaint),
+    ("outpaint", Kernel::OutPaint),
+];
+
 /// A smooth cube with values in [0, 1], like a windowed CT cube.
 fn test_cube(offset: usize) -> Array3<f32> {
     Array3::from_shape_fn((64, 64, 32), |(i, j, k)| {
@@ -33,14 +43,12 @@ fn kernels(c: &mut Criterion) {
     let mut scratch = PairScratch::new(SHAPE);
     // Each kernel alone with probability 1, through the allocation-free pair path; the
     // "none" line is the two cube copies every pair pays.
-    for (name, kernel) in [
-        ("none (copies only)", Kernel::None),
-        ("flip", Kernel::Flip),
-        ("local_shuffle", Kernel::LocalShuffle),
-        ("nonlinear", Kernel::NonLinear),
-        ("inpaint", Kernel::InPaint),
-        ("outpaint", Kernel::OutPaint),
-    ] {
+    for (name, kernel) in KERNELS {
+        let name = if name == "none" {
+            "none (copies only)"
+        } else {
+            name
+        };
         let config = TransformConfig::only(kernel);
         let mut index = 0u64;
         group.bench_function(name, |b| {
@@ -144,14 +152,7 @@ fn pairs(c: &mut Criterion) {
 fn kernel_batches(c: &mut Criterion) {
     let cubes = test_cubes(64);
     let mut group = c.benchmark_group("kernel_batch64_64x64x32");
-    for (name, kernel) in [
-        ("none", Kernel::None),
-        ("flip", Kernel::Flip),
-        ("local_shuffle", Kernel::LocalShuffle),
-        ("nonlinear", Kernel::NonLinear),
-        ("inpaint", Kernel::InPaint),
-        ("outpaint", Kernel::OutPaint),
-    ] {
+    for (name, kernel) in KERNELS {
         bench_batches(&mut group, name, &TransformConfig::only(kernel), &cubes, 64);
     }
     group.finish();
