@@ -301,6 +301,7 @@ pub(crate) fn run_loop(
             wait_s += waiting.elapsed().as_secs_f64();
             cubes += batch.n;
             let (x, y) = batch_tensors(&batch.inputs, &batch.targets, batch.n, shape, spec.device)?;
+            producer.recycle(batch);
             optimizer.zero_grad();
             let output = seeded(step_seed(spec.seed, epoch, step), || net.forward(&x, true))?;
             let loss = spec.objective.loss(&output, &y)?;
@@ -514,6 +515,7 @@ fn validate(
                 labels.extend_from_slice(&batch.targets);
             }
         }
+        producer.recycle(batch);
         bar.inc(1);
     }
     bar.finish_and_clear();

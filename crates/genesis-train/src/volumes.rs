@@ -569,7 +569,7 @@ mod tests {
         let mut targets = vec![0.0; 16 * 4096];
         let indices: Vec<usize> = (0..16).collect();
         source
-            .fill(&indices, 0, 0, &mut inputs, &mut targets)
+            .fill(&indices, 0, 0, &mut inputs, &mut targets, &mut Vec::new())
             .unwrap();
         // −800 HU is 0.1 in the CT window, +200 HU is 0.6, padding is 0.
         assert!(inputs.iter().all(|&v| v == 0.0 || v == 0.1 || v == 0.6));
